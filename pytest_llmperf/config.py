@@ -1,0 +1,127 @@
+"""LLMPerfConfig: every setting of a session, resolved once: CLI, then pyproject ``[tool.llmperf]``, then
+the backend's defaults. Frozen; marker settings are merged per test by :func:`merge_marker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.errors import UsageError
+from pytest_llmperf.options import FLAGS, OPTIONS
+
+__all__ = ["LLMPerfConfig", "read_pyproject", "DEFAULTS"]
+
+#: backend -> defaults for settings whose sensible value depends on the hardware.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"model": "tiny-llama", "concurrency": (1, 4, 16), "input_lens": (64, 256), "output_len": 32,
+            "num_requests": 16, "max_model_len": 2048},
+    "gpu": {"model": "deepseek-r1-distill-qwen-14b", "concurrency": (1, 2, 4, 8, 16, 32),
+            "input_lens": (256, 2048), "output_len": 128, "num_requests": 64, "max_model_len": 8192},
+}
+COMMON: dict[str, Any] = {
+    "modes": ("single", "tp2", "pp2"), "warmup": None, "repeats": 3, "dtype": "bfloat16",
+    "startup_timeout": 600.0, "python": None, "emulate_pcie": "auto", "power_rate_hz": 100.0,
+    "baseline_dir": "baselines", "far": 0.05, "tolerance": 0.10, "results": ".llmperf/results.json",
+    "report_dir": ".llmperf/report", "update_reason": None,
+}
+
+
+def read_pyproject(rootdir: Path) -> dict[str, Any]:
+    """``[tool.llmperf]`` of ``rootdir/pyproject.toml`` ({} when absent). A broken file is a UsageError."""
+    path = rootdir / "pyproject.toml"
+    if not path.exists():
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    section = data.get("tool", {}).get("llmperf", {})
+    return dict(section) if isinstance(section, dict) else {}
+
+
+@dataclass(frozen=True)
+class LLMPerfConfig:
+    backend: str
+    model: str
+    modes: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    input_lens: tuple[int, ...]
+    output_len: int
+    num_requests: int
+    warmup: int | None
+    repeats: int
+    dtype: str
+    max_model_len: int
+    startup_timeout: float
+    python: str | None
+    emulate_pcie: str
+    power_rate_hz: float
+    baseline_dir: str
+    far: float
+    tolerance: float
+    results: str
+    report_dir: str
+    update_reason: str | None
+    update_baselines: bool = False
+    accept_regression: bool = False
+    no_gate: bool = False
+    slo: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, cli: dict[str, Any], pyproject: dict[str, Any], *, gpus_available: int) -> LLMPerfConfig:
+        """Resolve each setting: CLI value if given, else pyproject, else default. Validates pyproject values
+        with the same parsers as the CLI, naming the key on error."""
+        values: dict[str, Any] = {}
+        pyproject = dict(pyproject)
+        slo = pyproject.pop("slo", {})
+        known = {n.replace("-", "_") for n in OPTIONS} | {n.replace("-", "_") for n in FLAGS}
+        unknown = set(pyproject) - known
+        if unknown:
+            raise UsageError(f"[tool.llmperf] in pyproject.toml: unknown key(s) {sorted(unknown)}; "
+                             f"known: {sorted(known | {'slo'})}")
+        for name, (parse, _, _) in OPTIONS.items():
+            key = name.replace("-", "_")
+            if cli.get(key) is not None:
+                values[key] = cli[key]
+            elif key in pyproject:
+                raw = pyproject[key]
+                text = ",".join(str(v) for v in raw) if isinstance(raw, list) else str(raw)
+                try:
+                    values[key] = parse(text)
+                except argparse.ArgumentTypeError as exc:
+                    raise UsageError(f"[tool.llmperf] {key} = {raw!r} in pyproject.toml: {exc}") from None
+        for name in FLAGS:
+            key = name.replace("-", "_")
+            values[key] = bool(cli.get(key)) or bool(pyproject.get(key, False))
+        backend = values.get("backend", "auto")
+        if backend == "auto":
+            backend = "gpu" if gpus_available > 0 else "cpu"
+        if backend == "gpu" and gpus_available == 0:
+            raise UsageError("--llmperf-backend gpu, but no GPU is visible (NVML found none); "
+                             "use --llmperf-backend cpu or auto")
+        values["backend"] = backend
+        if not isinstance(slo, dict):
+            raise UsageError("[tool.llmperf.slo] in pyproject.toml must be a table of limits")
+        merged = {**COMMON, **DEFAULTS[backend], **values, "slo": slo}
+        if merged["accept_regression"] and not merged["update_baselines"]:
+            raise UsageError("--llmperf-accept-regression only makes sense with --llmperf-update-baselines")
+        if merged["accept_regression"] and not merged["update_reason"]:
+            raise UsageError("--llmperf-accept-regression needs --llmperf-update-reason TEXT (it is recorded)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in merged.items() if k in fields})
+
+    def warmup_for(self, concurrency: int) -> int:
+        return concurrency if self.warmup is None else self.warmup
+
+    def requests_for(self, concurrency: int) -> int:
+        """Measured requests per run: at least two full waves of the concurrency."""
+        return max(self.num_requests, 2 * concurrency)

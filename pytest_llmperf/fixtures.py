@@ -1,0 +1,66 @@
+"""The plugin's fixtures, all prefixed ``llmperf_``. They only wire the session's objects to tests.
+
+- ``llmperf_mode`` / ``llmperf_concurrency`` / ``llmperf_input_len``: sweep parameters; a test that asks for
+  them is parametrized from the config (``--llmperf-modes``, ``--llmperf-concurrency``,
+  ``--llmperf-input-lens`` or ``[tool.llmperf]``).
+- ``llmperf_engine``: the running vLLM engine (a :class:`~pytest_llmperf.engine.server.VLLMServer`) for the
+  test's spec, from the session-wide pool: each distinct spec starts once.
+- ``llmperf_bench``: measure the engine with the test's workload; returns a :class:`~pytest_llmperf.session.Bench`
+  whose ``run()`` does K runs and whose ``gate()`` applies SLOs and the regression check.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llmperf.session import get_session
+
+if TYPE_CHECKING:
+    from pytest_llmperf.engine.server import VLLMServer
+    from pytest_llmperf.session import Bench, LLMPerfSession
+
+__all__ = ["llmperf_session", "llmperf_mode", "llmperf_concurrency", "llmperf_input_len", "llmperf_engine",
+           "llmperf_bench"]
+
+
+@pytest.fixture(scope="session")
+def llmperf_session(pytestconfig: pytest.Config) -> LLMPerfSession:
+    """The session object: config, topology, engine pool, results."""
+    return get_session(pytestconfig)
+
+
+@pytest.fixture
+def llmperf_mode(request: pytest.FixtureRequest) -> str:
+    """Engine mode of this test (``single``, ``tp2``, ``pp2``...), parametrized from the config."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def llmperf_concurrency(request: pytest.FixtureRequest) -> int:
+    """Concurrent requests of this test, parametrized from the config's concurrency sweep."""
+    return int(getattr(request, "param", 1))
+
+
+@pytest.fixture
+def llmperf_input_len(request: pytest.FixtureRequest) -> int:
+    """Prompt length in tokens of this test, parametrized from the config's input lengths."""
+    return int(getattr(request, "param", 128))
+
+
+@pytest.fixture
+def llmperf_engine(request: pytest.FixtureRequest, llmperf_session: LLMPerfSession) -> VLLMServer:
+    """The running engine for this test's spec (started once per spec per session, stopped when unused)."""
+    return llmperf_session.engine_for(request.node)
+
+
+@pytest.fixture
+def llmperf_bench(request: pytest.FixtureRequest, llmperf_session: LLMPerfSession,
+                  llmperf_engine: VLLMServer) -> Bench:
+    """Measure ``llmperf_engine`` with this test's workload: ``llmperf_bench.run()`` then ``.gate()``."""
+    params: dict[str, Any] = {}
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None:
+        params = dict(callspec.params)
+    return llmperf_session.bench_for(request.node, llmperf_engine, params)

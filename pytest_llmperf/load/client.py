@@ -1,0 +1,204 @@
+"""One streaming request against an OpenAI-compatible server, timed; it never raises.
+
+:func:`stream_request` posts to ``/v1/completions`` (or ``/v1/chat/completions`` with ``chat=True``; both share
+one SSE loop, :class:`StreamAccount`) and returns a :class:`~pytest_llmperf.records.RequestRecord`. HTTP errors
+(status and body), mid-stream ``error`` objects, connection errors and the per-request total timeout are
+recorded in ``RequestRecord.error``.
+
+Token accounting. The request asks for ``stream_options.continuous_usage_stats``, so every chunk carries the
+running ``usage.completion_tokens``; the tokens a read brought are the increase of that count, which counts a
+chunk carrying several tokens right (vLLM's own client counts one per chunk, its issue 27485). Servers that
+send no per-chunk usage fall back to one token per chunk with text. Timing is per network read
+(``time.perf_counter`` when the bytes arrive): TTFT is the first read that brings a token; a later read that
+brings ``n`` tokens after a gap ``g`` since the previous token read adds ``n`` ITL entries of ``g / n``
+(token-weighted). Tokens that arrive in the same read as the first token add ITL entries of 0, so
+``len(itl_ms) == output_tokens - 1``. E2E latency ends at the last read that brought a token.
+
+SSE parsing is line based: blank lines and ``:`` comments are skipped, ``data: [DONE]`` ends the stream,
+each ``data:`` line is one JSON event (as OpenAI-compatible servers send them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from pytest_llmperf.load.prompts import SampleRequest
+from pytest_llmperf.records import RequestRecord
+
+__all__ = ["StreamAccount", "build_payload", "stream_request", "ERROR_BODY_MAX_CHARS"]
+
+#: How much of an HTTP error body is kept in ``RequestRecord.error``.
+ERROR_BODY_MAX_CHARS = 500
+
+
+class StreamAccount:
+    """Incremental SSE parser and token/timing accountant for one response (no I/O; benchmarkable alone).
+
+    Call :meth:`feed` with each network read and the ``perf_counter`` time it arrived, then :meth:`record`.
+    """
+
+    __slots__ = ("start_perf_s", "_buf", "tokens", "prompt_tokens", "ttft_s", "last_token_perf_s",
+                 "itl_ms", "error", "done", "_usage_seen")
+
+    def __init__(self, start_perf_s: float) -> None:
+        self.start_perf_s = start_perf_s
+        self._buf = b""
+        self.tokens = 0
+        self.prompt_tokens: int | None = None
+        self.ttft_s: float | None = None
+        self.last_token_perf_s: float | None = None
+        self.itl_ms: list[float] = []
+        self.error: str | None = None
+        self.done = False
+        self._usage_seen = False
+
+    def feed(self, data: bytes, now_perf_s: float) -> None:
+        """Parse the complete lines in ``data`` (plus any buffered remainder) and account their tokens."""
+        buf = self._buf + data if self._buf else data
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        total = self.tokens
+        for line in lines:
+            if self.done:
+                break
+            if not line.startswith(b"data:"):
+                continue  # blank separator, ':' comment, 'event:'/'id:' fields
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            if not payload:
+                continue
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                self.error = f"malformed SSE data line: {payload[:200]!r}"
+                self.done = True
+                break
+            total = self._account_event(event, total)
+        new_tokens = total - self.tokens
+        if new_tokens > 0:
+            self._add_tokens(new_tokens, now_perf_s)
+
+    def _account_event(self, event: Any, total: int) -> int:
+        if not isinstance(event, dict):
+            return total
+        err = event.get("error")
+        if err:
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            self.error = f"server error mid-stream: {msg}"
+            self.done = True
+            return total
+        usage = event.get("usage")
+        choices = event.get("choices")
+        if usage:
+            if self.prompt_tokens is None and usage.get("prompt_tokens") is not None:
+                self.prompt_tokens = int(usage["prompt_tokens"])
+            completion = usage.get("completion_tokens")
+            if completion is not None:
+                self._usage_seen = True
+                if choices or total == 0:
+                    return max(total, int(completion))
+                return total  # usage-only final chunk: a summary, not new tokens
+        if choices and not self._usage_seen:
+            first = choices[0]
+            text = first.get("text")
+            if text is None:
+                text = (first.get("delta") or {}).get("content")
+            if text:
+                return total + 1
+        return total
+
+    def _add_tokens(self, n_tokens: int, now_perf_s: float) -> None:
+        if self.last_token_perf_s is None:
+            self.ttft_s = now_perf_s - self.start_perf_s
+            if n_tokens > 1:
+                self.itl_ms.extend([0.0] * (n_tokens - 1))
+        else:
+            share_ms = (now_perf_s - self.last_token_perf_s) * 1000.0 / n_tokens
+            self.itl_ms.extend([share_ms] * n_tokens)
+        self.tokens += n_tokens
+        self.last_token_perf_s = now_perf_s
+
+    def record(self, request_id: str, run_start_perf_s: float, prompt_len: int,
+               error: str | None = None) -> RequestRecord:
+        """The :class:`RequestRecord` so far; ``error`` (if given) wins over a parse/stream error."""
+        error = error or self.error
+        if error is None and self.tokens == 0:
+            error = "stream ended without any token"
+        return RequestRecord(
+            request_id=request_id,
+            start_s=self.start_perf_s - run_start_perf_s,
+            prompt_tokens=self.prompt_tokens if self.prompt_tokens is not None else prompt_len,
+            output_tokens=self.tokens,
+            ttft_ms=None if self.ttft_s is None else self.ttft_s * 1000.0,
+            e2el_ms=None if self.last_token_perf_s is None
+            else (self.last_token_perf_s - self.start_perf_s) * 1000.0,
+            itl_ms=tuple(self.itl_ms),
+            error=error,
+        )
+
+
+def build_payload(model: str, request: SampleRequest, *, chat: bool = False) -> dict[str, Any]:
+    """The JSON body: exact output length (``min_tokens = max_tokens``, ``ignore_eos``), greedy, streamed."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.output_len,
+        "min_tokens": request.output_len,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "temperature": 0,
+    }
+    if chat:
+        payload["messages"] = [{"role": "user", "content": request.prompt}]
+    else:
+        payload["prompt"] = request.prompt
+    return payload
+
+
+async def stream_request(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    model: str,
+    request: SampleRequest,
+    *,
+    timeout_s: float,
+    run_start_perf_s: float | None = None,
+    chat: bool = False,
+) -> RequestRecord:
+    """Send ``request`` to ``{endpoint}/completions`` (``/chat/completions`` if ``chat``), stream and time it.
+
+    ``endpoint`` is the OpenAI base URL (``http://host:port/v1``); ``timeout_s`` bounds the whole request.
+    ``run_start_perf_s`` (``perf_counter`` of the run's first send) makes ``start_s`` run-relative.
+    Never raises (except on cancellation): every failure is in the returned record's ``error``.
+    """
+    url = endpoint.rstrip("/") + ("/chat/completions" if chat else "/completions")
+    payload = build_payload(model, request, chat=chat)
+    start = time.perf_counter()
+    acct = StreamAccount(start)
+    base = start if run_start_perf_s is None else run_start_perf_s
+    perf = time.perf_counter
+    error: str | None = None
+    try:
+        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            if resp.status != 200:
+                body = (await resp.text(errors="replace"))[:ERROR_BODY_MAX_CHARS]
+                error = f"HTTP {resp.status} from {url}: {body}"
+            else:
+                async for data in resp.content.iter_any():
+                    acct.feed(data, perf())
+                    if acct.done:
+                        break
+    except (asyncio.TimeoutError, TimeoutError):
+        error = f"timeout after {timeout_s:g} s at {url} ({acct.tokens} tokens received)"
+    except aiohttp.ClientError as exc:
+        error = f"connection error at {url}: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a request never raises; the error is recorded
+        error = f"client error at {url}: {type(exc).__name__}: {exc}"
+    return acct.record(request.request_id, base, request.prompt_len, error)

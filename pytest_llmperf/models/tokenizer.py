@@ -1,0 +1,46 @@
+"""A synthetic full-vocabulary tokenizer: exactly ``vocab_size`` words ``t0 .. t{N-1}``, split on whitespace.
+
+Every token id decodes to its word and re-encodes to itself, so prompt and output lengths are exact and any
+id a dummy-weight model emits is printable. It lives in its own folder without ``config.json``: for
+``model_type: qwen2`` transformers would otherwise pick Qwen2Tokenizer by model type and encode the
+synthetic words to nothing (vLLM then says "The decoder prompt cannot be empty").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["write_wordlevel_tokenizer", "token_word"]
+
+
+def token_word(token_id: int) -> str:
+    """The word that encodes to ``token_id``."""
+    return f"t{token_id}"
+
+
+def write_wordlevel_tokenizer(out_dir: Path, vocab_size: int, *, bos_token_id: int, eos_token_id: int,
+                              model_max_length: int) -> Path:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; return ``out_dir``.
+
+    No special tokens are added on encode (no BOS), so ``len(prompt.split())`` is the prompt's token count.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers  # local: heavy-ish, only when materializing
+
+    vocab = {token_word(i): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=token_word(0)))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "bos_token": token_word(bos_token_id),
+        "eos_token": token_word(eos_token_id),
+        "unk_token": token_word(0),
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    return out_dir

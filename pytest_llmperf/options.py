@@ -1,0 +1,136 @@
+"""Command-line options, each defined once with a ``--llmperf-`` prefix and validated by its ``type=``.
+
+Every option has a twin key in ``[tool.llmperf]`` of pyproject.toml (the option name without the prefix,
+dashes as underscores); resolution is CLI, then pyproject, then the backend's default
+(:func:`pytest_llmperf.config.LLMPerfConfig.from_pytest_config`). Help-text rule (as in xdist): say what
+it does, the default, and the pyproject key when it differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_fraction", "parse_mode_list", "OPTIONS"]
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def parse_fraction(text: str) -> float:
+    try:
+        value = float(str(text).rstrip("%")) / (100.0 if str(text).endswith("%") else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction like 0.05 or 5%, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_mode_list(text: str) -> tuple[str, ...]:
+    from pytest_llmperf.engine.spec import parse_mode
+    from pytest_llmperf.errors import UsageError
+
+    modes = tuple(m for m in str(text).replace(" ", "").split(",") if m)
+    try:
+        for mode in modes:
+            parse_mode(mode)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not modes:
+        raise argparse.ArgumentTypeError("expected at least one mode, e.g. single,tp2,pp2")
+    return modes
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    parse.__name__ = "choice"
+    return parse
+
+
+#: name (without prefix) -> (type, metavar, help). Defaults are None: resolved in config.py.
+OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
+    "backend": (_choice("auto", "cpu", "gpu"), "auto|cpu|gpu",
+                "engine backend; auto = gpu when NVML sees GPUs, else vLLM's CPU backend (default auto)"),
+    "model": (str, "PRESET|PATH", "model preset (tiny-llama, llama-3.1-8b, deepseek-r1-distill-qwen-14b) or a "
+              "real model path; default tiny-llama on cpu, deepseek-r1-distill-qwen-14b on gpu"),
+    "modes": (parse_mode_list, "M,M", "engine modes of the sweep (default single,tp2,pp2)"),
+    "concurrency": (parse_int_list, "C,C", "concurrency sweep (default 1,4,16 on cpu; 1,2,4,8,16,32 on gpu)"),
+    "input-lens": (parse_int_list, "L,L", "prompt lengths in tokens (default 64,256 on cpu; 256,2048 on gpu)"),
+    "output-len": (parse_positive_int, "N", "output tokens per request, exact (default 32 cpu, 128 gpu)"),
+    "num-requests": (parse_positive_int, "N", "measured requests per run, at least 2 x concurrency "
+                     "(default 16 cpu, 64 gpu)"),
+    "warmup": (parse_nonneg_int, "N", "warmup requests before each test's runs, excluded (default: concurrency)"),
+    "repeats": (parse_positive_int, "K", "runs per test: each run is one sample for the gate (default 3)"),
+    "dtype": (str, "DTYPE", "engine dtype (default bfloat16)"),
+    "max-model-len": (parse_positive_int, "N", "engine max_model_len (default 2048 cpu, 8192 gpu)"),
+    "startup-timeout": (parse_positive_float, "S", "engine startup timeout in seconds (default 600)"),
+    "python": (str, "PATH", "Python interpreter that runs vLLM (default: the one running pytest)"),
+    "emulate-pcie": (_choice("auto", "on", "off"), "auto|on|off",
+                     "PCIe emulation for the pcie suite on NVLink GPUs (default auto = on for NVLink)"),
+    "power-rate-hz": (parse_positive_float, "HZ", "NVML sampling rate per GPU (default 100)"),
+    "baseline-dir": (str, "DIR", "baselines root (default baselines)"),
+    "far": (parse_fraction, "F", "build-wide false-alarm rate of the regression gate, Holm (default 0.05)"),
+    "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1)"),
+    "results": (str, "PATH", "session results JSON (default .llmperf/results.json)"),
+    "report-dir": (str, "DIR", "where plots and the Markdown summary go (default .llmperf/report)"),
+    "update-reason": (str, "TEXT", "why the baselines are updated (recorded with them)"),
+}
+
+FLAGS: dict[str, str] = {
+    "update-baselines": "record this run as the new baselines, after showing old-vs-new verdicts; refused "
+                        "when a metric regressed unless --llmperf-accept-regression",
+    "accept-regression": "with --llmperf-update-baselines: absorb a regression (needs --llmperf-update-reason)",
+    "no-gate": "measure and report only: SLO and regression verdicts do not fail tests",
+}
+
+
+def add_options(addoption: Callable[..., Any], prefix: str = "--llmperf-") -> None:
+    """Register every option through ``addoption`` (a pytest group's or an argparse parser's)."""
+    for name, (type_, metavar, help_) in OPTIONS.items():
+        addoption(f"{prefix}{name}", dest=f"llmperf_{name.replace('-', '_')}", type=type_, metavar=metavar,
+                  default=None, help=help_)
+    for name, help_ in FLAGS.items():
+        addoption(f"{prefix}{name}", dest=f"llmperf_{name.replace('-', '_')}", action="store_true",
+                  default=False, help=help_)

@@ -1,0 +1,131 @@
+"""Markdown report for ``$GITHUB_STEP_SUMMARY`` or a pull-request comment.
+
+Order: a title carrying the overall verdict, the regressions and other failures (one line each, the verdict's
+own ``message``), the verdict table, the seed-study comparison, the run's header (hardware, emulation, vLLM
+version) and the plots. GitHub renders pipe tables; every cell is escaped so a ``|`` in a test id cannot
+break a row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.report.terminal import (
+    VERDICT_ORDER,
+    overall_verdict,
+    seed_study,
+    verdicts_by_state,
+)
+
+__all__ = ["render_markdown", "markdown_table"]
+
+_ICON = {"FAIL": ":x:", "INCONCLUSIVE": ":warning:", "PASS": ":white_check_mark:", "NO_CHECKS": ":grey_question:"}
+_EMULATION_TEXT = {"pcie": "PCIe emulated (`NCCL_P2P_DISABLE=1`, custom all-reduce off)"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    """A GitHub pipe table; ``align`` is one letter per column (``l``/``r``), default all left."""
+    align = align or "l" * len(headers)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(_cell(h) for h in headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(value: Any, spec: str = ".4g") -> str | None:
+    return None if value is None else format(value, spec)
+
+
+def _verdict_table(results: dict[str, Any], states: tuple[str, ...]) -> str | None:
+    rows = []
+    for state, items in verdicts_by_state(results).items():
+        if state not in states:
+            continue
+        for v in items:
+            ratio = v.get("ratio")
+            ci = (f"{v['ci_low']:.3f}–{v['ci_high']:.3f}" if v.get("ci_low") is not None
+                  and v.get("ci_high") is not None else None)
+            rows.append([f"**{state}**" if state in ("FAIL", "INCONCLUSIVE") else state, v["kind"], v["metric"],
+                         f"`{v['test_id'].split('::')[-1]}`", _num(v.get("baseline_value")),
+                         _num(v.get("candidate_value")), _num(ratio, ".3f"), ci, _num(v.get("p_value"), ".3g")])
+    if not rows:
+        return None
+    return markdown_table(["verdict", "kind", "metric", "test", "baseline", "candidate", "ratio", "95% CI", "p"],
+                          rows, "llllrrrrr")
+
+
+def _seed_table(results: dict[str, Any]) -> str | None:
+    rows = seed_study(results)
+    modes: list[str] = []
+    for r in rows:
+        modes += [m for m in r["values"] if m not in modes]
+    if len(modes) < 2:
+        return None
+    body = []
+    for r in rows:
+        spec = ".3f" if r["metric"] == "idle_share_mean" else ".1f" if "tok_s" in r["metric"] else ".2f"
+        cells = []
+        for m in modes:
+            text = _num(r["values"].get(m), spec)
+            cells.append(f"**{text}**" if text is not None and m == r["winner"] else text)
+        body.append([r["input_len"], r["concurrency"], r["label"], *cells, r["winner"]])
+    return markdown_table(["input", "concurrency", "metric", *modes, "winner"], body, "rrl" + "r" * len(modes) + "l")
+
+
+def _header_lines(results: dict[str, Any]) -> list[str]:
+    header, fp = results.get("header", {}), results.get("fingerprint", {})
+    emulation = header.get("emulation")
+    lines = [f"- **Hardware:** {header.get('topology') or 'unknown'}",
+             f"- **Interconnect emulation:** {_EMULATION_TEXT.get(emulation, emulation) if emulation else 'none'}",
+             f"- **Engine:** {header.get('engine_version') or 'unknown'} (backend {header.get('backend') or '?'})"]
+    extras = [f"{k} `{fp[k]}`" for k in ("driver", "cuda", "model", "dtype") if fp.get(k)]
+    if extras:
+        lines.append("- **Fingerprint:** " + ", ".join(extras))
+    if header.get("plugin_version"):
+        lines.append(f"- **pytest-llmperf:** {header['plugin_version']}")
+    return lines
+
+
+def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None,
+                    plot_notes: dict[str, str] | None = None) -> str:
+    """The Markdown summary. ``plots`` maps a plot name to a path or URL (listed as links);
+    ``plot_notes`` maps a plot name to the reason it was not drawn (e.g. no power telemetry)."""
+    overall = overall_verdict(results)
+    grouped = verdicts_by_state(results)
+    counts = Counter({s: len(v) for s, v in grouped.items()})
+    out = [f"# {_ICON.get(overall, '')} LLM performance: {overall}".replace("#  ", "# "), ""]
+    out.append(", ".join(f"{counts[s]} {s}" for s in VERDICT_ORDER if counts[s]) or "No checks ran.")
+    failures = grouped.get("FAIL", [])
+    if failures:
+        out += ["", "## Regressions and SLO breaches", ""]
+        out += [f"- {v['message']}" for v in failures]
+    if grouped.get("INCONCLUSIVE"):
+        out += ["", "## Inconclusive", ""] + [f"- {v['message']}" for v in grouped["INCONCLUSIVE"]]
+    not_pass = _verdict_table(results, tuple(s for s in VERDICT_ORDER if s != "PASS"))
+    if not_pass is not None:
+        out += ["", "## Verdicts", "", not_pass]
+    passed = _verdict_table(results, ("PASS",))
+    if passed is not None:
+        out += ["", f"<details><summary>{counts['PASS']} passing checks</summary>", "", passed, "", "</details>"]
+    seed = _seed_table(results)
+    if seed is not None:
+        out += ["", "## Seed study: modes side by side", "",
+                "Median of the runs per configuration; **bold** marks the winner (lowest TTFT p95 and TPOT p50, "
+                "highest output throughput). GPU idle share is the time below the idle threshold during load "
+                "(pipeline bubbles for PP).", "", seed]
+    out += ["", "## Run", "", *_header_lines(results)]
+    if plots or plot_notes:
+        out += ["", "## Plots", ""]
+        for name, path in (plots or {}).items():
+            out.append(f"- [{name}]({Path(path).as_posix() if '://' not in str(path) else path})")
+        for name, why in (plot_notes or {}).items():
+            out.append(f"- {name}: not drawn: {why}")
+    return "\n".join(out) + "\n"

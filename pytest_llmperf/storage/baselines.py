@@ -1,0 +1,225 @@
+"""Baselines on disk: ``<root>/<hardware_id>/<safe test id>.json``, one JSON document per test.
+
+A baseline keeps the raw per-run summaries (so later statistics stay possible), the full fingerprint,
+provenance (commit, date, engine, command, who and why) and optionally each metric's run-to-run noise.
+Reads validate every field and raise :class:`~pytest_llmperf.errors.BaselineError` naming the file and
+the field; writes are atomic (temporary file in the same folder, then ``os.replace``) and serialised
+by an ``flock`` on ``<hardware_id>/.lock``, so racing writers never tear or interleave a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.errors import BaselineError
+
+__all__ = ["Baseline", "Provenance", "BaselineStore", "BASELINE_SCHEMA_VERSION", "safe_file_name"]
+
+BASELINE_SCHEMA_VERSION = 1
+_LOCK_NAME = ".lock"
+
+
+def safe_file_name(test_id: str) -> str:
+    """A portable file name for ``test_id``: readable ``[A-Za-z0-9._-]`` slug plus 8 hex of its SHA-1.
+
+    ``perf_tests/test_pcie.py::test_serving[pp2-c8-in256]`` ->
+    ``perf_tests-test_pcie.py--test_serving-pp2-c8-in256-<hash>.json``. Not reversible: the id is
+    stored inside the file, and the hash keeps ids that slug alike apart.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._-]", "-", test_id).strip("-.")[:120] or "test"
+    digest = hashlib.sha1(test_id.encode("utf-8")).hexdigest()[:8]
+    return f"{readable}-{digest}.json"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who recorded a baseline, from what, when and why."""
+
+    commit: str | None = None
+    date_utc: str | None = None
+    engine: str | None = None
+    engine_version: str | None = None
+    command: str | None = None
+    user: str | None = None
+    reason: str | None = None
+    accepted_regression: bool = False
+
+
+@dataclass
+class Baseline:
+    """One test's baseline: raw per-run summaries plus where they came from."""
+
+    test_id: str
+    fingerprint: dict[str, Any]
+    runs: list[dict[str, float]]
+    provenance: Provenance = field(default_factory=Provenance)
+    noise: dict[str, float] | None = None
+    schema_version: int = BASELINE_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<baseline>") -> Baseline:
+        """Validate and build; every problem raises BaselineError naming ``source`` and the field."""
+
+        def bad(name: str, what: str, value: Any) -> BaselineError:
+            return BaselineError(f"{source}: field {name!r} {what}, got {type(value).__name__} {value!r:.80}")
+
+        if not isinstance(d, dict):
+            raise BaselineError(f"{source}: top level must be a JSON object, got {type(d).__name__}")
+        version = d.get("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise bad("schema_version", "must be an integer", version)
+        if version > BASELINE_SCHEMA_VERSION:
+            raise BaselineError(
+                f"{source}: field 'schema_version' is {version}, written by a newer pytest-llmperf "
+                f"(this one reads up to {BASELINE_SCHEMA_VERSION}); upgrade pytest-llmperf"
+            )
+        if version < 1:
+            raise bad("schema_version", "must be >= 1", version)
+        if not isinstance(d.get("test_id"), str) or not d["test_id"]:
+            raise bad("test_id", "must be a non-empty string", d.get("test_id"))
+        if not isinstance(d.get("fingerprint"), dict):
+            raise bad("fingerprint", "must be an object", d.get("fingerprint"))
+        runs = d.get("runs")
+        if not isinstance(runs, list):
+            raise bad("runs", "must be a list of per-run summary objects", runs)
+        for i, run in enumerate(runs):
+            if not isinstance(run, dict):
+                raise bad(f"runs[{i}]", "must be an object of metric -> number", run)
+            for key, value in run.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise bad(f"runs[{i}].{key}", "must be a finite number", value)
+        prov = d.get("provenance", {})
+        if not isinstance(prov, dict):
+            raise bad("provenance", "must be an object", prov)
+        known = set(Provenance.__dataclass_fields__)
+        for key, value in prov.items():
+            if key not in known:
+                continue  # forward compatible within a schema version
+            if key == "accepted_regression":
+                if not isinstance(value, bool):
+                    raise bad("provenance.accepted_regression", "must be true or false", value)
+            elif value is not None and not isinstance(value, str):
+                raise bad(f"provenance.{key}", "must be a string or null", value)
+        noise = d.get("noise")
+        if noise is not None:
+            if not isinstance(noise, dict):
+                raise bad("noise", "must be an object of metric -> CV or null", noise)
+            for key, value in noise.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise bad(f"noise.{key}", "must be a non-negative number", value)
+        return cls(
+            schema_version=version,
+            test_id=d["test_id"],
+            fingerprint=dict(d["fingerprint"]),
+            runs=[{k: float(v) for k, v in run.items()} for run in runs],
+            provenance=Provenance(**{k: v for k, v in prov.items() if k in known}),
+            noise=None if noise is None else {k: float(v) for k, v in noise.items()},
+        )
+
+
+class BaselineStore:
+    """The baselines folder (usually ``baselines/`` at the repository root)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, hardware_id: str, test_id: str) -> Path:
+        if not re.fullmatch(r"[a-z0-9._-]+", hardware_id) or hardware_id.startswith("."):
+            raise BaselineError(f"hardware id {hardware_id!r} is not a safe folder name ([a-z0-9._-] only)")
+        return self.root / hardware_id / safe_file_name(test_id)
+
+    def _read(self, path: Path) -> Baseline:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BaselineError(f"{path}: cannot read baseline: {exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        return Baseline.from_dict(data, source=str(path))
+
+    def load(self, hardware_id: str, test_id: str) -> Baseline | None:
+        """The stored baseline of ``test_id`` on this hardware, or None when there is none."""
+        path = self.path(hardware_id, test_id)
+        if not path.exists():
+            return None
+        baseline = self._read(path)
+        if baseline.test_id != test_id:
+            raise BaselineError(f"{path}: field 'test_id' is {baseline.test_id!r}, expected {test_id!r}")
+        return baseline
+
+    @contextlib.contextmanager
+    def _locked(self, folder: Path) -> Iterator[None]:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / _LOCK_NAME, "a+b") as lock:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows: os.replace alone is still atomic
+                yield
+                return
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def save(self, baseline: Baseline, hardware_id: str | None = None) -> Path:
+        """Write atomically; ``hardware_id`` defaults to the baseline fingerprint's. Returns the file path."""
+        if hardware_id is None:
+            from pytest_llmperf.errors import UsageError
+            from pytest_llmperf.storage.fingerprint import Fingerprint
+
+            try:
+                hardware_id = Fingerprint.from_dict(baseline.fingerprint, "baseline fingerprint").hardware_id()
+            except UsageError as exc:
+                raise BaselineError(f"cannot save baseline of {baseline.test_id!r}: {exc}") from exc
+        Baseline.from_dict(baseline.to_dict(), source=f"baseline of {baseline.test_id!r}")  # refuse to write junk
+        path = self.path(hardware_id, baseline.test_id)
+        payload = json.dumps(baseline.to_dict(), indent=2, sort_keys=True) + "\n"
+        with self._locked(path.parent):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                if isinstance(exc, OSError):
+                    raise BaselineError(f"{path}: cannot write baseline: {exc}") from exc
+                raise
+        return path
+
+    def hardware_ids(self) -> list[str]:
+        """Folders under the root, one per machine/engine version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def test_ids(self, hardware_id: str) -> list[str]:
+        """Test ids with a baseline on this hardware (read from inside the files), sorted."""
+        folder = self.root / hardware_id
+        if not folder.is_dir():
+            return []
+        return sorted(self._read(p).test_id for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def stale(self, hardware_id: str, current_test_ids: Mapping[str, Any] | list[str] | set[str]) -> list[str]:
+        """Baselines of tests that no longer exist (not in ``current_test_ids``)."""
+        current = set(current_test_ids)
+        return [t for t in self.test_ids(hardware_id) if t not in current]
