@@ -27,7 +27,8 @@ COMMON: dict[str, Any] = {
     "modes": ("single", "tp2", "pp2"), "warmup": None, "repeats": 3, "dtype": "bfloat16",
     "startup_timeout": 600.0, "python": None, "emulate_pcie": "auto", "power_rate_hz": 100.0,
     "baseline_dir": "baselines", "far": 0.05, "tolerance": 0.10, "results": ".llmperf/results.json",
-    "report_dir": ".llmperf/report", "update_reason": None,
+    "report_dir": ".llmperf/report", "update_reason": None, "endpoint": None, "vocab_size": None,
+    "engine_args": None, "engine_env": None,
 }
 
 
@@ -71,6 +72,10 @@ class LLMPerfConfig:
     results: str
     report_dir: str
     update_reason: str | None
+    endpoint: str | None = None
+    engine_args: str | None = None
+    engine_env: str | None = None
+    vocab_size: int | None = None
     update_baselines: bool = False
     accept_regression: bool = False
     no_gate: bool = False
@@ -118,6 +123,21 @@ class LLMPerfConfig:
             raise UsageError("--llmperf-accept-regression needs --llmperf-update-reason TEXT (it is recorded)")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in merged.items() if k in fields})
+
+    def engine_extra(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """``--llmperf-engine-args`` split like a shell would, ``--llmperf-engine-env`` as (key, value) pairs."""
+        import shlex
+
+        args = tuple(shlex.split(self.engine_args or ""))
+        env = []
+        for pair in (self.engine_env or "").split(","):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--llmperf-engine-env: expected KEY=VALUE pairs separated by commas, got {pair!r}")
+            env.append((key.strip(), value))
+        return args, tuple(env)
 
     def warmup_for(self, concurrency: int) -> int:
         return concurrency if self.warmup is None else self.warmup

@@ -110,6 +110,13 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "emulate-pcie": (_choice("auto", "on", "off"), "auto|on|off",
                      "PCIe emulation for the pcie suite on NVLink GPUs (default auto = on for NVLink)"),
     "power-rate-hz": (parse_positive_float, "HZ", "NVML sampling rate per GPU (default 100)"),
+    "endpoint": (str, "URL", "measure an already running OpenAI-compatible server (http://HOST:PORT/v1) "
+                 "instead of starting vLLM; its mode is taken from the test (default: start engines)"),
+    "vocab-size": (parse_positive_int, "N", "with --llmperf-endpoint and a synthetic-tokenizer model: its vocabulary "
+                   "size, for exact prompt lengths (default: the preset's)"),
+    "engine-args": (str, "'ARGS'", "extra vLLM server arguments for every engine, shell-quoted in one string, "
+                    "e.g. '--max-num-seqs 8' (default none)"),
+    "engine-env": (str, "K=V,K=V", "extra environment variables for every engine (default none)"),
     "baseline-dir": (str, "DIR", "baselines root (default baselines)"),
     "far": (parse_fraction, "F", "build-wide false-alarm rate of the regression gate, Holm (default 0.05)"),
     "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1)"),

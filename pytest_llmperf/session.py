@@ -63,6 +63,7 @@ class LLMPerfSession:
         self.started_unix_s = time.time()
         self.checks: list[tuple[Any, ...]] = []
         self._fingerprint: Any = None
+        self._external_engine: Any = None
         self.end_messages: list[str] = []
 
     # -- header and sweep ------------------------------------------------------------------------
@@ -120,7 +121,8 @@ class LLMPerfSession:
         tp, pp = parse_mode(mode)
         c = self.cfg
         emulate = self._pcie_emulation_active() and item.get_closest_marker("pcie") is not None
-        return EngineSpec(model=c.model, backend=c.backend, tp=tp, pp=pp, dtype=c.dtype,
+        extra_args, extra_env = c.engine_extra()
+        return EngineSpec(extra_args=extra_args, env=extra_env, model=c.model, backend=c.backend, tp=tp, pp=pp, dtype=c.dtype,
                           max_model_len=c.max_model_len, emulate_pcie=emulate,
                           startup_timeout_s=c.startup_timeout, python=c.python,
                           devices=tuple(range(tp * pp)) if c.backend == "gpu" else None)
@@ -178,7 +180,7 @@ class LLMPerfSession:
         """Count, after deselection, how many runnable tests need each spec (the pool stops engines at 0)."""
         for item in session.items:
             spec = item.stash.get(SPEC_KEY, None)
-            if spec is not None and not item.get_closest_marker("skip"):
+            if spec is not None and not item.get_closest_marker("skip") and not self.cfg.endpoint:
                 self.pool.expect(spec)
                 if "llmperf_bench" in getattr(item, "fixturenames", ()):
                     self.n_gated_items += 1
@@ -202,7 +204,19 @@ class LLMPerfSession:
         spec = item.stash.get(SPEC_KEY, None)
         if spec is None:
             raise UsageError(f"{item.nodeid}: llmperf_engine used outside a planned item")
+        if self.cfg.endpoint:
+            return self._external(spec)
         return self.pool.get(spec)
+
+    def _external(self, spec: EngineSpec) -> Any:
+        from pytest_llmperf.engine.external import ExternalEngine
+        from pytest_llmperf.models.presets import PRESETS, materialize
+
+        if self._external_engine is None:
+            model = None if self.cfg.model in PRESETS else self.cfg.model
+            vocab = self.cfg.vocab_size or (materialize(self.cfg.model).vocab_size if self.cfg.model in PRESETS else None)
+            self._external_engine = ExternalEngine(spec, self.cfg.endpoint or "", model, vocab)
+        return self._external_engine
 
     def bench_for(self, item: pytest.Item, server: VLLMServer, params: dict[str, Any]) -> Bench:
         from pytest_llmperf.bench import Bench

@@ -191,10 +191,11 @@ async def stream_request(
                 body = (await resp.text(errors="replace"))[:ERROR_BODY_MAX_CHARS]
                 error = f"HTTP {resp.status} from {url}: {body}"
             else:
+                # read to EOF even after [DONE]: leaving the chunked body unfinished made the next
+                # request on a reused uvicorn connection arrive in one burst (seen with vLLM 0.32)
                 async for data in resp.content.iter_any():
-                    acct.feed(data, perf())
-                    if acct.done:
-                        break
+                    if not acct.done:
+                        acct.feed(data, perf())
     except (asyncio.TimeoutError, TimeoutError):
         error = f"timeout after {timeout_s:g} s at {url} ({acct.tokens} tokens received)"
     except aiohttp.ClientError as exc:
