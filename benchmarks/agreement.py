@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.client_error import _vllm_client_async  # noqa: E402
+from pytest_llmperf.load.reference import ours_run, vllm_client_run  # noqa: E402
 from pytest_llmperf.load.prompts import build_requests  # noqa: E402
 from pytest_llmperf.load.runner import run_generators, run_load  # noqa: E402
 from pytest_llmperf.load.workload import Workload  # noqa: E402
@@ -48,19 +48,13 @@ def _engine(endpoint: str | None, model: str | None) -> Iterator[tuple[str, str,
 
 
 def _ours(endpoint: str, model: str, wl: Workload, vocab: int) -> tuple[list[float], list[float], int]:
-    run = run_load(endpoint, model, wl, vocab_size=vocab)
-    ok = [r for r in run.records if r.error is None]
-    return [r.ttft_ms for r in ok], [r.tpot_ms for r in ok if r.tpot_ms is not None], run.failed
+    ttft, tpot, _, failed = ours_run(endpoint, model, wl, vocab)
+    return ttft, tpot, failed
 
 
 def _vllm(endpoint: str, model: str, wl: Workload, vocab: int) -> tuple[list[float], list[float], int]:
-    import asyncio
-
-    reqs = build_requests(wl, run_generators(wl.seed)[0], vocab_size=vocab)[int(wl.warmup_requests):]
-    outs = asyncio.run(_vllm_client_async(endpoint, model, reqs, int(wl.concurrency)))
-    ok = [o for o in outs if o.success]
-    tpot = [(o.latency - o.ttft) * 1000 / (o.output_tokens - 1) for o in ok if (o.output_tokens or 0) > 1]
-    return [o.ttft * 1000 for o in ok], tpot, len(outs) - len(ok)
+    ttft, tpot, _, failed = vllm_client_run(endpoint, model, wl, vocab)
+    return ttft, tpot, failed
 
 
 def _p50(values: list[float]) -> float | None:

@@ -28,45 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmperf.load.prompts import SampleRequest, build_requests  # noqa: E402
+from pytest_llmperf.load.reference import ours_run as _ours_run, vllm_client_run as _vllm_run  # noqa: E402
 from pytest_llmperf.load.runner import run_generators, run_load  # noqa: E402
 from pytest_llmperf.load.workload import Workload  # noqa: E402
 from tests.support.scripted_server import Script, scripted_server  # noqa: E402
 
 __all__ = ["main", "vllm_client_run"]
-
-
-async def _vllm_client_async(endpoint: str, model: str, requests: list[SampleRequest],
-                             concurrency: int) -> list[Any]:
-    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_completions
-
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
-                                     use_dns_cache=True, keepalive_timeout=60, enable_cleanup_closed=True,
-                                     force_close=False)
-    sem = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(connector=connector, trust_env=True,
-                                     timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)) as session:
-        async def one(req: SampleRequest) -> Any:
-            inp = RequestFuncInput(prompt=req.prompt, api_url=endpoint + "/completions", prompt_len=req.prompt_len,
-                                   output_len=req.output_len, model=model, ignore_eos=True,
-                                   extra_body={"min_tokens": req.output_len, "temperature": 0})
-            async with sem:
-                return await async_request_openai_completions(inp, session)
-
-        return await asyncio.gather(*(one(r) for r in requests))
-
-
-def vllm_client_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
-    """(ttft_ms list, itl_ms list, failed) from vLLM's client for ``workload``'s measured requests."""
-    reqs = build_requests(workload, run_generators(workload.seed)[0])[int(workload.warmup_requests):]
-    outs = asyncio.run(_vllm_client_async(endpoint, model, reqs, int(workload.concurrency)))
-    ok = [o for o in outs if o.success]
-    return ([o.ttft * 1000 for o in ok], [x * 1000 for o in ok for x in o.itl], len(outs) - len(ok))
-
-
-def ours_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
-    run = run_load(endpoint, model, workload)
-    ok = [r for r in run.records if r.error is None]
-    return [r.ttft_ms for r in ok], [x for r in ok for x in r.itl_ms], run.failed
 
 
 def _err(values: list[float], truth_ms: float) -> dict[str, float | None]:
@@ -117,3 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def vllm_client_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
+    """(ttft_ms list, itl_ms list, failed) from vLLM's client for ``workload``'s measured requests."""
+    ttft, _, itl, failed = _vllm_run(endpoint, model, workload)
+    return ttft, itl, failed
+
+
+def ours_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
+    ttft, _, itl, failed = _ours_run(endpoint, model, workload)
+    return ttft, itl, failed

@@ -137,7 +137,7 @@ def add_options(addoption: Callable[..., Any], prefix: str = "--llmperf-") -> No
     """Register every option through ``addoption`` (a pytest group's or an argparse parser's)."""
     for name, (type_, metavar, help_) in OPTIONS.items():
         addoption(f"{prefix}{name}", dest=f"llmperf_{name.replace('-', '_')}", type=type_, metavar=metavar,
-                  default=None, help=help_)
+                  default=None, help=help_.replace("%", "%%"))  # argparse %-formats help texts
     for name, help_ in FLAGS.items():
         addoption(f"{prefix}{name}", dest=f"llmperf_{name.replace('-', '_')}", action="store_true",
-                  default=False, help=help_)
+                  default=False, help=help_.replace("%", "%%"))

@@ -65,6 +65,7 @@ class LLMPerfSession:
         self._fingerprint: Any = None
         self._external_engine: Any = None
         self.end_messages: list[str] = []
+        self.notes: list[str] = []
 
     # -- header and sweep ------------------------------------------------------------------------
     def header_line(self) -> str:
@@ -180,8 +181,9 @@ class LLMPerfSession:
         """Count, after deselection, how many runnable tests need each spec (the pool stops engines at 0)."""
         for item in session.items:
             spec = item.stash.get(SPEC_KEY, None)
-            if spec is not None and not item.get_closest_marker("skip") and not self.cfg.endpoint:
-                self.pool.expect(spec)
+            if spec is not None and not item.get_closest_marker("skip"):
+                if not self.cfg.endpoint:
+                    self.pool.expect(spec)
                 if "llmperf_bench" in getattr(item, "fixturenames", ()):
                     self.n_gated_items += 1
 
@@ -228,6 +230,11 @@ class LLMPerfSession:
         if spec is not None and self._pool is not None and not item.get_closest_marker("skip"):
             self._pool.release(spec)
 
+    def add_note(self, text: str) -> None:
+        """A line for the end-of-run report and the results file (e.g. the client agreement figures)."""
+        self.notes.append(text)
+        self._progress(text)
+
     def record(self, result: TestResult, traces: dict[str, Any] | None = None) -> None:
         self.results.append(result)
         if traces:
@@ -251,12 +258,15 @@ class LLMPerfSession:
         yield
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.results:
+        if not self.results and not self.notes:
             return
         from pytest_llmperf.report.terminal import render_terminal
 
         terminalreporter.write_sep("=", "llmperf results")
-        terminalreporter.write_line(render_terminal(self.results_dict()))
+        if self.results:
+            terminalreporter.write_line(render_terminal(self.results_dict()))
+        for note in self.notes:
+            terminalreporter.write_line(f"note: {note}")
         for line in self.end_messages:
             terminalreporter.write_line(line)
 
@@ -275,6 +285,7 @@ class LLMPerfSession:
             "fingerprint": self.fingerprint_for().to_dict(),
             "tests": [r.to_json() for r in self.results],
             "verdicts": self.verdicts,
+            "notes": self.notes,
             "telemetry_traces": self.traces,
         }
 

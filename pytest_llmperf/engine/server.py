@@ -30,6 +30,8 @@ __all__ = ["VLLMServer", "free_port", "port_in_use", "descendants", "log_tail", 
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str], None]
+#: error lines vLLM logs on every healthy start (the synthetic tokenizer folder has no config.json by design)
+_HARMLESS = ("Error parsing config for",)
 _ERROR_MARKERS = ("Error", "error:", "Exception", "Traceback", "RuntimeError", "AssertionError", "CUDA out of memory")
 
 
@@ -79,7 +81,8 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 def error_summary(tail: str) -> str | None:
     """The server's own last error line (e.g. ``ValueError: ...``), the cause a user needs first."""
-    candidates = [ln.strip() for ln in tail.splitlines() if any(m in ln for m in _ERROR_MARKERS)]
+    candidates = [ln.strip() for ln in tail.splitlines()
+                  if any(m in ln for m in _ERROR_MARKERS) and not any(h in ln for h in _HARMLESS)]
     finals = [c for c in candidates if not c.startswith("Traceback") and not c.startswith("File ")]
     return (finals or candidates or [None])[-1]
 
