@@ -14,6 +14,7 @@ Run: ``pytest perf_tests -m pcie``; a subset: ``-m "pcie and pp"``, ``--llmperf-
 from __future__ import annotations
 
 import pytest
+from conftest import measure_and_gate
 
 pytestmark = pytest.mark.pcie
 
@@ -21,9 +22,4 @@ pytestmark = pytest.mark.pcie
 @pytest.mark.llmperf(slo={"max_failed": 0})
 def test_serving(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):
     """Throughput, TTFT p95, TPOT and (with NVML) power stability of one mode at one load point."""
-    result = llmperf_bench.run()
-    assert len(result.runs) >= 1
-    for run in result.runs:
-        # every measured request streamed exactly the requested number of tokens
-        assert all(r.output_tokens == result.workload["output_len"] for r in run.requests if r.error is None)
-    llmperf_bench.gate()
+    measure_and_gate(llmperf_bench)

@@ -25,9 +25,9 @@ def pytest_llmperf_detect_topology(config: pytest.Config) -> Topology | None:
     The default tries, in order: the ``LLMPERF_TOPOLOGY`` environment variable, NVML, ``nvidia-smi topo -m``.
     Example (conftest.py) — pretend to be two RTX 3090s over PCIe::
 
-        from pytest_llmperf.engine.topology import Topology
+        from pytest_llmperf.engine.topology import parse_topology_short_form
         def pytest_llmperf_detect_topology(config):
-            return Topology.from_short("2xRTX3090:pcie")
+            return parse_topology_short_form("2xRTX3090:pcie")
     """
 
 
