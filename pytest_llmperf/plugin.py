@@ -69,9 +69,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     used = [name for name in SWEEP_FIXTURES if name in metafunc.fixturenames]
     if not used:
         return
+    from pytest_llmperf.errors import UsageError
+
     session = get_session(metafunc.config)
     for name in used:
-        values, ids = session.sweep_values(name, metafunc.definition)
+        error = None
+        try:
+            values, ids = session.sweep_values(name, metafunc.definition)
+        except UsageError as exc:  # a bad tp/pp marker: one readable collection error, no traceback
+            error = str(exc)
+        if error is not None:
+            pytest.fail(error, pytrace=False)
         metafunc.parametrize(name, values, ids=ids, indirect=True)
 
 

@@ -68,6 +68,23 @@ class LLMPerfSession:
         self.notes: list[str] = []
 
     # -- header and sweep ------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (CI cancel, ``timeout``) stops the engines before pytest exits, like Ctrl-C does."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            self.close()
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, on_term)
+
     def header_line(self) -> str:
         c = self.cfg
         emu = self._emulation_note()
@@ -193,6 +210,7 @@ class LLMPerfSession:
         if self._pool is None:
             from pytest_llmperf.engine.pool import EnginePool
 
+            self.install_signal_handlers()
             self._pool = EnginePool(log_dir=Path(self.cfg.report_dir) / "engine-logs", progress=self._progress)
         return self._pool
 

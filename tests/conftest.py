@@ -6,8 +6,8 @@
 - ``tiny_engine``: one real vLLM CPU engine (tiny-llama, dummy weights), module-scoped so it never overlaps
   with the engines that ``tests/engine`` starts (pytest runs modules one after another). Tests that use it
   are marked ``engine``.
-- ``no_foreign_engine``: waits (bounded) until no other vLLM server runs on this shared 2-core machine, so
-  our engines do not compete with another engineer's for the cores.
+- ``wait_for_no_vllm()``: waits (bounded) until no foreign vLLM server runs on this shared 2-core machine,
+  so our engines do not compete with another engineer's for the cores.
 """
 
 from __future__ import annotations
@@ -47,6 +47,23 @@ def fast_args(args: tuple[str, ...]) -> list[str]:
     return out + ["-p", "no:cacheprovider", *args]
 
 
+def _preload_heavy_modules() -> None:
+    """Import what inner sessions import lazily, once, in this process.
+
+    In-process ``pytester.runpytest`` restores ``sys.modules`` after each inner run, so a package first
+    imported inside one (numpy's C-extension submodules under scipy.stats, matplotlib) would be imported a
+    second time by the next run, giving two copies of numpy's enums ("_CopyMode.IF_NEEDED is neither True
+    nor False"). Imported here first, they are part of the snapshot and survive.
+    """
+    import aiohttp  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import numpy  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+
 def run_llmperf(pytester: pytest.Pytester, *args: str, subprocess: bool = False,
                 env: dict[str, str] | None = None, timeout: float | None = None) -> pytest.RunResult:
     """Run the plugin on the pytester folder with fast settings (see FAST_ARGS)."""
@@ -54,6 +71,7 @@ def run_llmperf(pytester: pytest.Pytester, *args: str, subprocess: bool = False,
     with mock.patch.dict(os.environ, environ):
         if subprocess:
             return pytester.runpytest_subprocess(*fast_args(args), timeout=timeout)
+        _preload_heavy_modules()
         return pytester.runpytest(*fast_args(args))
 
 
@@ -67,16 +85,20 @@ def servers_on_port(port: int) -> list[str]:
     return [ln for ln in vllm_servers() if f"--port {port} " in ln + " "]
 
 
-def wait_for_no_vllm(limit_s: float = 600.0) -> None:
-    """Wait until no vLLM server runs (another engineer may briefly run one on this shared machine)."""
+def foreign_vllm_servers() -> list[str]:
+    """vLLM servers that this test process did not start (another engineer's, on this shared machine)."""
+    from pytest_llmperf.engine.server import descendants
+
+    ours = set(descendants(os.getpid()))
+    return [ln for ln in vllm_servers() if int(ln.split()[0]) not in ours]
+
+
+def wait_for_no_vllm(limit_s: float = 300.0) -> None:
+    """Wait (bounded) until no foreign vLLM server runs, so our engines do not compete with it for the
+    two cores. Our own running servers (descendants of this process) do not count."""
     deadline = time.monotonic() + limit_s
-    while vllm_servers() and time.monotonic() < deadline:
+    while foreign_vllm_servers() and time.monotonic() < deadline:
         time.sleep(2.0)
-
-
-@pytest.fixture
-def no_foreign_engine() -> None:
-    wait_for_no_vllm()
 
 
 @pytest.fixture(scope="module")

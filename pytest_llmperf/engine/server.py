@@ -26,10 +26,16 @@ from pytest_llmperf.engine.backends import LaunchPlan, plan_launch
 from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import EngineDiedError, EngineStartError, UsageError
 
-__all__ = ["VLLMServer", "free_port", "port_in_use", "descendants", "log_tail", "error_summary"]
+__all__ = ["VLLMServer", "free_port", "port_in_use", "descendants", "log_tail", "error_summary", "fatal_line",
+           "FATAL_STARTUP_MARKERS"]
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str], None]
+#: log lines after which a starting engine never becomes healthy, though its API process may linger for minutes
+#: (seen on 2 x H200, vLLM 0.26.0: a TP worker died of "illegal memory access" during CUDA-graph capture and the
+#: server hung until the startup timeout)
+FATAL_STARTUP_MARKERS = ("CUDA error:", "Engine core initialization failed", "CUDA out of memory",
+                         "torch.OutOfMemoryError", "EngineDeadError", "NCCL error")
 #: error lines vLLM logs on every healthy start (the synthetic tokenizer folder has no config.json by design)
 _HARMLESS = ("Error parsing config for",)
 _ERROR_MARKERS = ("Error", "error:", "Exception", "Traceback", "RuntimeError", "AssertionError", "CUDA out of memory")
@@ -79,6 +85,25 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def fatal_line(text: str) -> str | None:
+    """The first line of ``text`` carrying a fatal startup marker, or None."""
+    for line in text.splitlines():
+        if any(m in line for m in FATAL_STARTUP_MARKERS):
+            return line.strip()
+    return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the engine when the process that started it dies, however it dies (even SIGKILL),
+    so an interrupted or killed pytest never leaves an engine holding GPUs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def error_summary(tail: str) -> str | None:
     """The server's own last error line (e.g. ``ValueError: ...``), the cause a user needs first."""
     candidates = [ln.strip() for ln in tail.splitlines()
@@ -113,7 +138,8 @@ class VLLMServer:
             logf.write(f"$ {' '.join(self.plan.argv)}\n".encode())
             logf.flush()
             return subprocess.Popen(list(self.plan.argv), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         finally:
             logf.close()
 
@@ -145,6 +171,7 @@ class VLLMServer:
         t0 = time.monotonic()
         self.proc = self._spawn()
         next_note = t0 + 15.0
+        next_scan = t0 + 2.0
         try:
             while True:
                 code = self.proc.poll()
@@ -153,6 +180,11 @@ class VLLMServer:
                 if self._probe():
                     break
                 now = time.monotonic()
+                if now >= next_scan:
+                    fatal = fatal_line(log_tail(self.log_path, lines=400))
+                    if fatal:
+                        raise self._start_error(f"failed during startup ({fatal[:200]})")
+                    next_scan = now + 2.0
                 if now - t0 > timeout_s:
                     raise self._start_error(f"was not healthy after {timeout_s:.0f} s (startup timeout)")
                 if now >= next_note:

@@ -20,7 +20,10 @@ __all__ = ["vllm_client_outputs", "vllm_client_run", "ours_run", "ClientFigures"
 ClientFigures = tuple[list[float], list[float], list[float], int]  # ttft_ms, tpot_ms, itl_ms, failed
 
 
-async def _vllm_client_async(endpoint: str, model: str, requests: list[SampleRequest], concurrency: int) -> list[Any]:
+async def _vllm_client_async(endpoint: str, model: str, requests: list[SampleRequest], concurrency: int,
+                             warmup: int = 0) -> list[Any]:
+    """vLLM's request function over one session: ``requests[:warmup]`` first (closed loop, dropped, as our
+    runner's warmup), then the rest; returns the outputs of the rest."""
     import aiohttp
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_completions
 
@@ -37,14 +40,20 @@ async def _vllm_client_async(endpoint: str, model: str, requests: list[SampleReq
             async with sem:
                 return await async_request_openai_completions(inp, session)
 
-        return await asyncio.gather(*(one(r) for r in requests))
+        if warmup:
+            await asyncio.gather(*(one(r) for r in requests[:warmup]))
+        return await asyncio.gather(*(one(r) for r in requests[warmup:]))
 
 
 def vllm_client_outputs(endpoint: str, model: str, workload: Workload, vocab_size: int = 32000) -> list[Any]:
-    """vLLM's RequestFuncOutput objects for ``workload``'s measured requests (same prompts as ours)."""
+    """vLLM's RequestFuncOutput objects for ``workload``'s measured requests (same prompts as ours).
+
+    The warmup requests go first through vLLM's request function on the same session (same connections),
+    as our runner does them, so neither side measures on cold connections.
+    """
     reqs = build_requests(workload, run_generators(workload.seed)[0], vocab_size=vocab_size)
-    return asyncio.run(_vllm_client_async(endpoint, model, reqs[int(workload.warmup_requests):],
-                                          int(workload.concurrency)))
+    return asyncio.run(_vllm_client_async(endpoint, model, reqs, int(workload.concurrency),
+                                          warmup=int(workload.warmup_requests)))
 
 
 def vllm_client_run(endpoint: str, model: str, workload: Workload, vocab_size: int = 32000) -> ClientFigures:

@@ -245,14 +245,15 @@ def decide_all(
     A check is ``(test_id, metric, baseline, candidate, direction, tolerance[, noise_cv])``. Checks
     whose decision has no p-value (no baseline, too few runs) cannot FAIL and are not counted in m.
     ``decide_fn`` replaces :func:`decide` (the ``pytest_llmperf_decide`` hook), called with keywords
-    ``metric, baseline, candidate, direction, tolerance, alpha``. Verdicts come back in input order.
+    ``test_id, metric, baseline, candidate, direction, tolerance, alpha``. Verdicts come back in input order.
     """
     import numpy as np
 
     def run(check: Check, alpha: float) -> Verdict:
         test_id, metric, base, cand, direction, tolerance = check[:6]
         if decide_fn is not None:
-            v = decide_fn(metric=metric, baseline=base, candidate=cand, direction=direction, tolerance=tolerance, alpha=alpha)
+            v = decide_fn(test_id=test_id, metric=metric, baseline=base, candidate=cand, direction=direction,
+                          tolerance=tolerance, alpha=alpha)
             return v if v.test_id else replace(v, test_id=test_id)
         noise = check[6] if len(check) > 6 else None
         return decide(metric, base, cand, direction=direction, tolerance=tolerance, alpha=alpha, test_id=test_id, noise_cv=noise)

@@ -77,8 +77,8 @@ def test_no_gpu_runs_cpu_backend_and_skips_gpu_and_nvlink_tests(inner: pytest.Py
     result.stdout.fnmatch_lines_random([
         "SKIPPED [[]1[]] test_topo.py:*: needs GPUs; running on vLLM's CPU backend",
         "SKIPPED [[]1[]] test_topo.py:*: needs GPUs; running on vLLM's CPU backend",
-        "SPEC test_tp2 backend=cpu label=tp2 emulate_pcie=False devices=None",
-        "SPEC test_pcie_pp2 backend=cpu label=pp2 emulate_pcie=False devices=None",
+        "*SPEC test_tp2 backend=cpu label=tp2 emulate_pcie=False devices=None",
+        "*SPEC test_pcie_pp2 backend=cpu label=pp2 emulate_pcie=False devices=None",
     ])
     assert result.stdout.str().count("SKIPPED [1]") == 2
 
@@ -99,11 +99,11 @@ def test_tp_beyond_cores_on_cpu_is_skipped_naming_the_cores(inner: pytest.Pytest
 def test_one_gpu_skips_two_gpu_modes(inner: pytest.Pytester) -> None:
     result = run(inner, "1xA6000")
     result.assert_outcomes(passed=3, skipped=4)
-    result.stdout.fnmatch_lines(["llmperf: backend gpu, 1 x A6000 [[]from LLMPERF_TOPOLOGY[]]*"])
+    result.stdout.fnmatch_lines(["llmperf: backend gpu, 1 x A6000, [[]from LLMPERF_TOPOLOGY[]]*"])
     for label in ("tp2", "pp2", "tp2", "pp2"):
         result.stdout.fnmatch_lines([f"SKIPPED [[]1[]] test_topo.py:*: {label} needs 2 GPUs; this machine has 1 "
-                                     "(1 x A6000 [[]from LLMPERF_TOPOLOGY[]])"])
-    result.stdout.fnmatch_lines(["SPEC test_single backend=gpu label=single emulate_pcie=False devices=(0,)"])
+                                     "(1 x A6000, [[]from LLMPERF_TOPOLOGY[]])"])
+    result.stdout.fnmatch_lines(["*SPEC test_single backend=gpu label=single emulate_pcie=False devices=(0,)"])
 
 
 def test_two_gpus_over_pcie_skip_nvlink_tests(inner: pytest.Pytester) -> None:
@@ -112,8 +112,8 @@ def test_two_gpus_over_pcie_skip_nvlink_tests(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines([
         "SKIPPED [[]1[]] test_topo.py:*: needs NVLink between GPUs 0..1; they are joined by pcie"])
     result.stdout.fnmatch_lines_random([
-        "SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
-        "SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=False devices=(0, 1)",
+        "*SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
+        "*SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=False devices=(0, 1)",
     ])
     result.stdout.no_fnmatch_line("*PCIe emulated*")
 
@@ -124,9 +124,9 @@ def test_two_gpus_over_nvlink_emulate_pcie_for_the_pcie_suite(inner: pytest.Pyte
     result.stdout.fnmatch_lines(["llmperf: backend gpu, 2 x H200, NVLink (NVLink)*; "
                                  "PCIe emulated on NVLink: NCCL_P2P_DISABLE=1, custom all-reduce off"])
     result.stdout.fnmatch_lines_random([
-        "SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=True devices=(0, 1)",
-        "SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
-        "SPEC test_nvlink_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
+        "*SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=True devices=(0, 1)",
+        "*SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
+        "*SPEC test_nvlink_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
     ])
 
 
