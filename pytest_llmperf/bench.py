@@ -83,6 +83,7 @@ class Bench:
         runs: list[RunResult] = []
         traces: dict[str, Any] = {}
         vocab = self.server.plan.model_paths.vocab_size or 32000
+        idle_threshold_w = self.session.idle_threshold_w(spec, meter)
         for k in range(repeats):
             from dataclasses import replace
 
@@ -94,7 +95,7 @@ class Bench:
             self.server.check_alive()
             metrics = compute_run_metrics(load.records, load.duration_s, slo)
             summary = run_summary(metrics)
-            report = measurement.report(load.window, metrics.total_output_tokens)
+            report = measurement.report(load.window, metrics.total_output_tokens, idle_threshold_w=idle_threshold_w)
             summary.update(power_summary(report))
             trace = measurement.trace
             if trace is not None:

@@ -66,6 +66,7 @@ class LLMPerfSession:
         self._external_engine: Any = None
         self.end_messages: list[str] = []
         self.notes: list[str] = []
+        self._idle_threshold: dict[EngineSpec, float | None] = {}
 
     # -- header and sweep ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -247,6 +248,34 @@ class LLMPerfSession:
         spec = item.stash.get(SPEC_KEY, None)
         if spec is not None and self._pool is not None and not item.get_closest_marker("skip"):
             self._pool.release(spec)
+
+    def idle_threshold_w(self, spec: EngineSpec, meter: Any, seconds: float = 2.0) -> float | None:
+        """Power below which a loaded GPU counts as idle (a pipeline bubble): the engine's idle power with the
+        model loaded, measured once per engine before any load, plus a margin. None without NVML.
+
+        Measured up front because the samples just before a run's window include the warmup requests (seen on
+        the H200 run: a floor taken there called 99% of a loaded run idle).
+        """
+        if spec in self._idle_threshold:
+            return self._idle_threshold[spec]
+        threshold: float | None = None
+        if not getattr(meter, "available", True):
+            self._idle_threshold[spec] = None
+            return None
+        with meter.measure() as measurement:
+            time.sleep(seconds)
+        trace = measurement.trace
+        if trace is not None and len(trace.power_w):
+            import numpy as np
+
+            from pytest_llmperf.telemetry.power import IDLE_MARGIN_W
+
+            floors = [float(np.nanmedian(trace.power_w[trace.gpu == g])) for g in np.unique(trace.gpu)]
+            threshold = max(floors) + IDLE_MARGIN_W
+            self._progress(f"engine {spec.label}: idle power {', '.join(f'{f:.0f} W' for f in floors)}; "
+                           f"samples below {threshold:.0f} W count as idle while loaded")
+        self._idle_threshold[spec] = threshold
+        return threshold
 
     def add_note(self, text: str) -> None:
         """A line for the end-of-run report and the results file (e.g. the client agreement figures)."""
