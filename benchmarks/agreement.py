@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_llmperf.load.reference import ours_run, vllm_client_run  # noqa: E402
-from pytest_llmperf.load.prompts import build_requests  # noqa: E402
-from pytest_llmperf.load.runner import run_generators, run_load  # noqa: E402
+from pytest_llmperf.load.runner import run_load  # noqa: E402
 from pytest_llmperf.load.workload import Workload  # noqa: E402
 
 __all__ = ["main"]

@@ -14,22 +14,18 @@ both clients see alike; the comparison between clients is the point.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmperf.load.prompts import SampleRequest, build_requests  # noqa: E402
 from pytest_llmperf.load.reference import ours_run as _ours_run, vllm_client_run as _vllm_run  # noqa: E402
-from pytest_llmperf.load.runner import run_generators, run_load  # noqa: E402
 from pytest_llmperf.load.workload import Workload  # noqa: E402
 from tests.support.scripted_server import Script, scripted_server  # noqa: E402
 

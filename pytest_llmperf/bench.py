@@ -70,7 +70,6 @@ class Bench:
         """
         from pytest_llmperf.load.runner import run_load
         from pytest_llmperf.stats.metrics import compute_run_metrics, run_summary
-        from pytest_llmperf.stats.slo import SLO
         from pytest_llmperf.telemetry.meter import make_meter
         from pytest_llmperf.telemetry.power import power_summary
 

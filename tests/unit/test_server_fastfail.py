@@ -59,7 +59,7 @@ def test_a_worker_crash_in_the_log_fails_the_start_long_before_the_timeout(tmp_p
 def test_engine_dies_with_the_process_that_started_it(tmp_path: Path):
     """A parent killed with SIGKILL (no cleanup at all) still takes its engine down (PR_SET_PDEATHSIG)."""
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(textwrap.dedent("""
         import subprocess, sys, time
         from pytest_llmperf.engine import server as srv
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
