@@ -26,16 +26,18 @@ if TYPE_CHECKING:
 __all__ = ["Bench", "GATED_METRICS", "gated_metrics_of"]
 
 log = logging.getLogger(__name__)
-#: metrics the regression gate compares by default (power metrics are added where NVML measured them)
+#: metrics the regression gate compares when the config names none (power metrics are added where NVML measured)
 GATED_METRICS = ("ttft_p95_ms", "tpot_p50_ms", "output_throughput_tok_s")
 
 
-def gated_metrics_of(summary: dict[str, float], requested: list[str] | tuple[str, ...] | None) -> list[str]:
+def gated_metrics_of(summary: dict[str, float], requested: list[str] | tuple[str, ...] | None,
+                     defaults: tuple[str, ...] = GATED_METRICS) -> list[str]:
+    """The marker's ``metrics`` if given, else ``defaults`` plus per-GPU power CV and J/token where measured."""
     if requested:
         return list(requested)
     power = sorted(k for k in summary if k.endswith("_power_cv")) + (
         ["energy_per_output_token_j"] if "energy_per_output_token_j" in summary else [])
-    return [m for m in GATED_METRICS if m in summary] + power
+    return [m for m in defaults if m in summary] + power
 
 
 class Bench:
@@ -168,7 +170,7 @@ class Bench:
             return [Verdict(test_id=self.test_id, metric="*", kind="regression", verdict="MISMATCH",
                             message=f"MISMATCH {self.test_id}: baseline recorded on different hardware/engine "
                                     f"({'; '.join(diffs)}); comparison skipped", **blank)]
-        metrics = gated_metrics_of(runs[0], self.settings.get("metrics"))
+        metrics = gated_metrics_of(runs[0], self.settings.get("metrics"), c.gate_metrics)
         tolerance = float(self.settings.get("tolerance", c.tolerance))
         m_total = max(1, self.session.n_gated_items * max(1, len(metrics)))
         alpha = c.far / m_total

@@ -67,8 +67,13 @@ def _update_baselines(session: LLMPerfSession, results: dict[str, Any]) -> int:
     from pytest_llmperf.storage.baselines import BaselineStore
 
     c = session.cfg
+    from pytest_llmperf.bench import gated_metrics_of
+
+    summaries = [run.summary for result in session.results for run in result.runs]
+    metrics = sorted({m for summary in summaries for m in gated_metrics_of(summary, None, c.gate_metrics)})
     report = update_baselines(results, BaselineStore(c.baseline_dir), accept_regression=c.accept_regression,
-                              reason=c.update_reason, dry_run=False, tolerance=c.tolerance, family_alpha=c.far)
+                              reason=c.update_reason, dry_run=False, tolerance=c.tolerance, family_alpha=c.far,
+                              metrics=metrics)
     lines = ["llmperf baseline update (old vs new):"]
     if report.verdicts:
         lines.append(verdict_table(report.verdicts))

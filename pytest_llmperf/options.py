@@ -65,6 +65,21 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+def parse_metric_list(text: str) -> tuple[str, ...]:
+    from pytest_llmperf.errors import UsageError
+    from pytest_llmperf.stats.metrics import direction_of
+
+    metrics = tuple(m for m in str(text).replace(" ", "").split(",") if m)
+    try:
+        for metric in metrics:
+            direction_of(metric)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not metrics:
+        raise argparse.ArgumentTypeError("expected at least one metric, e.g. ttft_p95_ms,tpot_p50_ms")
+    return metrics
+
+
 def parse_mode_list(text: str) -> tuple[str, ...]:
     from pytest_llmperf.engine.spec import parse_mode
     from pytest_llmperf.errors import UsageError
@@ -118,8 +133,12 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
                     "e.g. '--max-num-seqs 8' (default none)"),
     "engine-env": (str, "K=V,K=V", "extra environment variables for every engine (default none)"),
     "baseline-dir": (str, "DIR", "baselines root (default baselines)"),
+    "gate-metrics": (parse_metric_list, "M,M", "per-run metrics the regression gate compares (default on gpu: "
+                     "ttft_p95_ms,tpot_p50_ms,output_throughput_tok_s plus power CV and J/token where NVML measures; "
+                     "on cpu: e2el_p50_ms,output_throughput_tok_s, see docs/load.md on bursty delivery)"),
     "far": (parse_fraction, "F", "build-wide false-alarm rate of the regression gate, Holm (default 0.05)"),
-    "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1)"),
+    "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1 on gpu, "
+                  "0.5 on the noisy shared CPU backend)"),
     "results": (str, "PATH", "session results JSON (default .llmperf/results.json)"),
     "report-dir": (str, "DIR", "where plots and the Markdown summary go (default .llmperf/report)"),
     "update-reason": (str, "TEXT", "why the baselines are updated (recorded with them)"),

@@ -64,6 +64,12 @@ def _preload_heavy_modules() -> None:
     import scipy.stats  # noqa: F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _heavy_modules_before_pytester() -> None:
+    """Session-scoped, so it runs before any (function-scoped) ``pytester`` takes its sys.modules snapshot."""
+    _preload_heavy_modules()
+
+
 def run_llmperf(pytester: pytest.Pytester, *args: str, subprocess: bool = False,
                 env: dict[str, str] | None = None, timeout: float | None = None) -> pytest.RunResult:
     """Run the plugin on the pytester folder with fast settings (see FAST_ARGS)."""
@@ -71,7 +77,6 @@ def run_llmperf(pytester: pytest.Pytester, *args: str, subprocess: bool = False,
     with mock.patch.dict(os.environ, environ):
         if subprocess:
             return pytester.runpytest_subprocess(*fast_args(args), timeout=timeout)
-        _preload_heavy_modules()
         return pytester.runpytest(*fast_args(args))
 
 

@@ -15,7 +15,7 @@ import getpass
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,29 @@ def _noise(runs: list[dict[str, float]]) -> dict[str, float] | None:
     return out or None
 
 
+#: runs a baseline keeps; older runs drop out first
+MAX_BASELINE_RUNS = 12
+
+
+def _accumulated(store: BaselineStore, hardware_id: str, test_id: str, runs: list[dict[str, float]],
+                 fp: Fingerprint, failed_tests: set[str]) -> list[dict[str, float]]:
+    """New runs appended to the stored ones (same fingerprint, no regression), newest ``MAX_BASELINE_RUNS``.
+
+    Runs from several sessions put the between-session noise (machine load, clocks, allocator layout) into the
+    baseline's spread; runs of one session alone understate it and make a later unchanged session look
+    significantly different. An accepted regression or a new fingerprint starts the baseline afresh.
+    """
+    old = store.load(hardware_id, test_id)
+    if old is None or test_id in failed_tests:
+        return runs
+    try:
+        if Fingerprint.from_dict(old.fingerprint).differences(fp):
+            return runs
+    except UsageError:
+        return runs
+    return (list(old.runs) + list(runs))[-MAX_BASELINE_RUNS:]
+
+
 def update_baselines(
     results: Mapping[str, Any],
     store: BaselineStore,
@@ -81,6 +104,7 @@ def update_baselines(
     user: str | None = None,
     commit: str | None = None,
     command: str | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> UpdateReport:
     """Judge the results' runs against the stored baselines, then write them unless a FAIL forbids it."""
     if accept_regression and not (reason and reason.strip()):
@@ -117,7 +141,7 @@ def update_baselines(
             verdicts.append(Verdict(test_id=test_id, metric="*", kind="regression", verdict="MISMATCH",
                                     message=f"MISMATCH {test_id}: baseline fingerprint differs ({'; '.join(diffs)})"))  # fmt: skip
             continue
-        c, s = build_checks(test_id, old.runs, runs, tolerance=tolerance)
+        c, s = build_checks(test_id, old.runs, runs, tolerance=tolerance, metrics=metrics)
         checks += c
         verdicts += s
     verdicts = sorted(decide_all(checks, family_alpha) + verdicts, key=lambda v: (v.test_id, v.metric))
@@ -135,7 +159,9 @@ def update_baselines(
         reason=reason, accepted_regression=bool(failed) and accept_regression,
     )  # fmt: skip
     written: list[str] = []
+    failed_tests = {v.test_id for v in failed}
     for test_id, runs in new.items():
+        runs = _accumulated(store, hardware_id, test_id, runs, test_fps[test_id], failed_tests)
         baseline = Baseline(test_id=test_id, fingerprint=test_fps[test_id].to_dict(), runs=runs, provenance=provenance, noise=_noise(runs))
         if dry_run:
             written.append(str(store.path(hardware_id, test_id)))
@@ -154,6 +180,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--baseline-dir", default="baselines", help="baselines folder (default: baselines)")
     u.add_argument("--accept-regression", action="store_true", help="record the new runs even when they regress")
     u.add_argument("--reason", default=None, help="why a regression is accepted (required with --accept-regression)")
+    u.add_argument("--metric", action="append", default=None, metavar="M",
+                   help="compare only these metrics old vs new (repeatable; default: every metric on both sides)")
     u.add_argument("--dry-run", action="store_true", help="show what would change, write nothing")
     u.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative worsening tolerated (default 0.05)")
     u.add_argument("--alpha", type=float, default=DEFAULT_FAMILY_ALPHA, help="false-alarm rate of the old-vs-new check (default 0.05)")
@@ -173,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: cannot read results: {exc}") from exc
     report = update_baselines(results, BaselineStore(args.baseline_dir), accept_regression=args.accept_regression,
                               reason=args.reason, dry_run=args.dry_run, tolerance=args.tolerance,
-                              family_alpha=args.alpha)  # fmt: skip
+                              family_alpha=args.alpha, metrics=args.metric)  # fmt: skip
     print(f"hardware: {report.hardware_id}")
     if report.verdicts:
         print(verdict_table(report.verdicts))

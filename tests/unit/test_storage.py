@@ -203,3 +203,20 @@ def test_baseline_update_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     r.write_text(json.dumps(results([150.0, 151.0, 149.0])))
     assert cli_main(["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl")]) == 1
     assert "refused: 1 regression(s)" in capsys.readouterr().out
+
+
+def test_update_accumulates_runs_across_sessions_and_restarts_after_an_accepted_regression(tmp_path: Path) -> None:
+    from pytest_llmperf.commands.baseline import MAX_BASELINE_RUNS
+
+    store, _ = golden_store(tmp_path, "valid_baseline.json")
+    kw = dict(user="tester", commit="abc", command="c", metrics=["ttft_p95_ms"])
+    before = [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs]
+    same = update_baselines(results([100.5, 99.5, 100.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
+    assert not same.refused
+    after = [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs]
+    assert after == before + [100.5, 99.5, 100.0]  # a second session's runs join the first's
+    for _ in range(5):
+        update_baselines(results([100.0, 101.0, 99.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
+    assert len(store.load(HW, TEST_ID).runs) == MAX_BASELINE_RUNS  # oldest runs drop out
+    update_baselines(results([150.0, 151.0, 149.0]), store, accept_regression=True, reason="new model", dry_run=False, **kw)
+    assert [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs] == [150.0, 151.0, 149.0]  # starts afresh
