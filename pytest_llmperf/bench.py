@@ -179,6 +179,12 @@ class Bench:
         for metric in metrics:
             base = [r[metric] for r in baseline.runs if metric in r]
             cand = [r[metric] for r in runs if metric in r]
+            if min(base + cand, default=1.0) <= 0:
+                out.append(Verdict(test_id=self.test_id, metric=metric, kind="regression", verdict="SKIPPED",
+                                   message=f"SKIPPED {self.test_id} {metric}: a run measured {min(base + cand)} "
+                                           f"(a log-ratio test needs positive values; on the CPU backend a TPOT "
+                                           f"of 0 means streams arrived in one burst)", **blank))
+                continue
             if not base or not cand:
                 out.append(Verdict(test_id=self.test_id, metric=metric, kind="regression", verdict="SKIPPED",
                                    message=f"SKIPPED {self.test_id} {metric}: not measured on "

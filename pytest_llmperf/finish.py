@@ -67,6 +67,13 @@ def _update_baselines(session: LLMPerfSession, results: dict[str, Any]) -> int:
     from pytest_llmperf.storage.baselines import BaselineStore
 
     c = session.cfg
+    failed_at_test = [v for r in session.results for v in r.verdicts if v["verdict"] == "FAIL"]
+    if failed_at_test and not c.accept_regression:
+        session.end_messages.append(
+            f"llmperf baseline update refused: {len(failed_at_test)} check(s) failed in this run "
+            f"({', '.join(sorted({v['test_id'] + ' ' + v['metric'] for v in failed_at_test}))}); rerun with "
+            f"--llmperf-accept-regression --llmperf-update-reason TEXT to record them")
+        return 1
     from pytest_llmperf.bench import gated_metrics_of
 
     summaries = [run.summary for result in session.results for run in result.runs]

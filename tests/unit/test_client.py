@@ -96,7 +96,7 @@ def test_exact_token_counts_and_progress():
         assert rec.e2el_ms >= rec.ttft_ms
     assert calls == [(i, 6) for i in range(1, 7)]
     assert min(r.start_s for r in run.records) == 0.0
-    assert run.window.duration_s == pytest.approx(run.duration_s)
+    assert run.window.duration_s == pytest.approx(run.duration_s, abs=1e-3)  # wall clock vs perf_counter
     assert run.window.start_unix_s <= time.time()
 
 
