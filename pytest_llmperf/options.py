@@ -9,10 +9,12 @@ it does, the default, and the pyproject key when it differs.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_fraction", "parse_mode_list", "OPTIONS"]
+__all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_nonneg_int", "parse_positive_float",
+           "parse_fraction", "parse_mode_list", "parse_metric_list", "OPTIONS", "FLAGS"]
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -25,24 +27,22 @@ def parse_int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def parse_positive_int(text: str) -> int:
+def _parse_number(text: str, convert: Callable[[str], Any], *, low: float, inclusive: bool, what: str) -> Any:
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def parse_positive_int(text: str) -> int:
+    return int(_parse_number(text, int, low=1, inclusive=True, what="a positive integer"))
 
 
 def parse_nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return int(_parse_number(text, int, low=0, inclusive=True, what="an integer >= 0"))
 
 
 def parse_fraction(text: str) -> float:
@@ -56,13 +56,7 @@ def parse_fraction(text: str) -> float:
 
 
 def parse_positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return float(_parse_number(text, float, low=0.0, inclusive=False, what="a finite number > 0"))
 
 
 def parse_metric_list(text: str) -> tuple[str, ...]:

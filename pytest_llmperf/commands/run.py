@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.errors import UsageError
+from pytest_llmperf.options import parse_nonneg_int as _non_negative_int
+from pytest_llmperf.options import parse_positive_float as _positive_float
+from pytest_llmperf.options import parse_positive_int as _positive_int
 
 __all__ = ["add_parser", "main", "build_report", "DIST_FIELDS"]
 
@@ -27,36 +30,6 @@ logger = logging.getLogger(__name__)
 #: The distribution fields written for each latency metric.
 DIST_FIELDS = ("mean", "p50", "p90", "p95", "p99")
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
 
 
 def _length(text: str) -> str:

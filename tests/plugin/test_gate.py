@@ -28,9 +28,9 @@ BODY = """
         assert all(r.output_tokens == result.workload["output_len"] for r in run.requests if r.error is None)
     llmperf_bench.gate()
 """
-# tpot is left out of the gate here: under CPU contention vLLM may send all 8 tokens in one SSE chunk,
-# making TPOT 0.0, which the log-ratio test rejects (reported to the lead)
-GATED = '@pytest.mark.llmperf(metrics=["ttft_p95_ms", "output_throughput_tok_s"])\n'
+# the CPU backend's gated metrics: TTFT and TPOT there are bimodal (some streams arrive in one burst,
+# docs/load.md), so an unchanged rerun can move them by several hundred percent
+GATED = '@pytest.mark.llmperf(metrics=["e2el_p50_ms", "output_throughput_tok_s"])\n'
 SIG = "(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):"
 INNER = "import pytest\n\npytestmark = pytest.mark.pcie\n" + "".join(
     f"\n{marker}def test_{name}{SIG}{BODY}"
@@ -104,11 +104,11 @@ def test_gate_scenarios(pytester: pytest.Pytester, tiny_engine: Any) -> None:
         ("PASSED", "inconclusive"), ("FAILED", "slo")]])
     # K=3 per side: with run-to-run noise PASS may need more runs, so INCONCLUSIVE is accepted; FAIL is not
     assert set(verdicts_of(pytester, "pass").values()) <= {"PASS", "INCONCLUSIVE"}
-    assert set(verdicts_of(pytester, "pass")) == {"ttft_p95_ms", "output_throughput_tok_s"}
+    assert set(verdicts_of(pytester, "pass")) == {"e2el_p50_ms", "output_throughput_tok_s"}
     assert f"FAIL {ID.format('pass')}" not in text
-    result.stdout.fnmatch_lines([f"FAIL {ID.format('fail')} ttft_p95_ms +*"
+    result.stdout.fnmatch_lines([f"FAIL {ID.format('fail')} e2el_p50_ms +*"
                                  .replace("[", "[[]")])
-    assert verdicts_of(pytester, "fail")["ttft_p95_ms"] == "FAIL"
+    assert verdicts_of(pytester, "fail")["e2el_p50_ms"] == "FAIL"
     result.stdout.fnmatch_lines([f"*MISMATCH {ID.format('mismatch')}: baseline recorded on different "
                                  f"hardware/engine (engine_version: 0.0.1 != *); comparison skipped"
                                  .replace("[", "[[]")])
@@ -116,7 +116,7 @@ def test_gate_scenarios(pytester: pytest.Pytester, tiny_engine: Any) -> None:
     result.stdout.fnmatch_lines([f"{ID.format('corrupt')}: "
                                  f"{files[ID.format('corrupt')].relative_to(pytester.path)}: not valid JSON (line 1, column 3*"
                                  .replace("[", "[[]")])
-    result.stdout.fnmatch_lines([f"*INCONCLUSIVE {ID.format('inconclusive')} ttft_p95_ms *one baseline run*"
+    result.stdout.fnmatch_lines([f"*INCONCLUSIVE {ID.format('inconclusive')} e2el_p50_ms *one baseline run*"
                                  .replace("[", "[[]")])
     assert set(verdicts_of(pytester, "inconclusive").values()) == {"INCONCLUSIVE"}
     result.stdout.fnmatch_lines([f"FAIL {ID.format('slo')} ttft_p95_ms * > limit 0.001 (SLO*"
@@ -132,7 +132,8 @@ def test_gate_scenarios(pytester: pytest.Pytester, tiny_engine: Any) -> None:
     result = gate_run(pytester, endpoint, "--llmperf-update-baselines", "-k", "test_fail or test_pass")
     assert result.ret != 0
     result.assert_outcomes(passed=1, failed=1, deselected=4)
-    result.stdout.fnmatch_lines(["refused: * regression(s); rerun with --accept-regression --reason TEXT*"])
+    result.stdout.fnmatch_lines(["*baseline update refused: * failed in this run (*test_fail* e2el_p50_ms*); rerun with "
+                                 "--llmperf-accept-regression --llmperf-update-reason TEXT*"])
     assert files[ID.format("fail")].read_text() == failed_baseline
 
     # D: accepted with a reason: written, reason and acceptance recorded
