@@ -53,6 +53,12 @@ def _wrap(text: str, width_in: float) -> str:
     return "\n".join(textwrap.wrap(text, width=max(40, int(width_in * 11))))
 
 
+def _title_and_layout(fig: Any, title: str) -> None:
+    """A figure title of any number of lines, with the panels laid out below it (never under it)."""
+    fig.suptitle(title, fontsize=11)
+    fig.set_layout_engine("constrained")  # reserves the title's real height, unlike tight_layout
+
+
 def _mode_order(mode: str) -> tuple[int, str]:
     return (0 if mode == "single" else 1 if mode.startswith("tp") else 2, mode)
 
@@ -115,8 +121,7 @@ def _metric_figure(results: dict[str, Any], name: str, path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(title="mode")
-    fig.suptitle(f"{title} vs concurrency\n{_wrap(_subtitle(results), width_in)}", fontsize=11)
-    fig.tight_layout()
+    _title_and_layout(fig, f"{title} vs concurrency\n{_wrap(_subtitle(results), width_in)}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -177,8 +182,7 @@ def _power_figure(results: dict[str, Any], path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    fig.suptitle(f"GPU power over time (instant power)\n{_wrap(_subtitle(results), 10.0)}", fontsize=11)
-    fig.tight_layout()
+    _title_and_layout(fig, f"GPU power over time (instant power)\n{_wrap(_subtitle(results), 10.0)}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
