@@ -24,7 +24,17 @@ def write_wordlevel_tokenizer(out_dir: Path, vocab_size: int, *, bos_token_id: i
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; return ``out_dir``.
 
     No special tokens are added on encode (no BOS), so ``len(prompt.split())`` is the prompt's token count.
+
+    transformers matches special tokens as substrings before the word model runs, so a special word that is the
+    prefix of another word splits it (with BOS "t1", "t1234" became "t1" + unknown): each special word must be
+    a prefix of no other word, which ids with the most digits guarantee. Raises ValueError otherwise.
     """
+    width = len(str(vocab_size - 1))
+    for name, token_id in (("bos", bos_token_id), ("eos", eos_token_id)):
+        if not 0 <= token_id < vocab_size or (token_id != 0 and len(str(token_id)) < width
+                                              and int(str(token_id) + "0") < vocab_size):
+            raise ValueError(f"{name}_token_id {token_id}: its word {token_word(token_id)!r} is a prefix of other "
+                             f"words of a {vocab_size}-word vocabulary; use an id with {width} digits")
     from tokenizers import Tokenizer, models, pre_tokenizers  # local: heavy-ish, only when materializing
 
     vocab = {token_word(i): i for i in range(vocab_size)}
