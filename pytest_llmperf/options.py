@@ -59,34 +59,31 @@ def parse_positive_float(text: str) -> float:
     return float(_parse_number(text, float, low=0.0, inclusive=False, what="a finite number > 0"))
 
 
-def parse_metric_list(text: str) -> tuple[str, ...]:
+def _parse_names(text: str, check: Callable[[str], Any], what: str, example: str) -> tuple[str, ...]:
+    """Comma-separated names, each validated by ``check`` (which raises UsageError naming the problem)."""
     from pytest_llmperf.errors import UsageError
-    from pytest_llmperf.stats.metrics import direction_of
 
-    metrics = tuple(m for m in str(text).replace(" ", "").split(",") if m)
+    names = tuple(n for n in str(text).replace(" ", "").split(",") if n)
     try:
-        for metric in metrics:
-            direction_of(metric)
+        for name in names:
+            check(name)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not metrics:
-        raise argparse.ArgumentTypeError("expected at least one metric, e.g. ttft_p95_ms,tpot_p50_ms")
-    return metrics
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one {what}, e.g. {example}")
+    return names
+
+
+def parse_metric_list(text: str) -> tuple[str, ...]:
+    from pytest_llmperf.stats.metrics import direction_of
+
+    return _parse_names(text, direction_of, "metric", "ttft_p95_ms,tpot_p50_ms")
 
 
 def parse_mode_list(text: str) -> tuple[str, ...]:
     from pytest_llmperf.engine.spec import parse_mode
-    from pytest_llmperf.errors import UsageError
 
-    modes = tuple(m for m in str(text).replace(" ", "").split(",") if m)
-    try:
-        for mode in modes:
-            parse_mode(mode)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not modes:
-        raise argparse.ArgumentTypeError("expected at least one mode, e.g. single,tp2,pp2")
-    return modes
+    return _parse_names(text, parse_mode, "mode", "single,tp2,pp2")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
