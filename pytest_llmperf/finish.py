@@ -26,19 +26,18 @@ def _final_verdicts(session: LLMPerfSession) -> tuple[list[dict[str, Any]], list
 
     hook = session.pytest_config.hook.pytest_llmperf_decide
     final = decide_all(session.checks, session.cfg.far, decide_fn=lambda **kw: hook(**kw))
-    by_key = {(v.test_id, v.metric): v.to_dict() for v in final}
+    by_key = {(v.test_id, v.metric): v for v in final}
     verdicts: list[dict[str, Any]] = []
     newly_failed: list[str] = []
     for result in session.results:
         for v in result.verdicts:
-            key = (v["test_id"], v["metric"])
-            if v["kind"] == "regression" and key in by_key:
-                holm = by_key[key]
-                if holm["verdict"] == "FAIL" and v["verdict"] != "FAIL":
-                    newly_failed.append(format_verdict(final[list(by_key).index(key)]))
-                verdicts.append(holm)
-            else:
+            holm = by_key.get((v["test_id"], v["metric"])) if v["kind"] == "regression" else None
+            if holm is None:
                 verdicts.append(v)
+                continue
+            if holm.verdict == "FAIL" and v["verdict"] != "FAIL":
+                newly_failed.append(format_verdict(holm))
+            verdicts.append(holm.to_dict())
     return verdicts, newly_failed
 
 
