@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def vllm_client_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
     """(ttft_ms list, itl_ms list, failed) from vLLM's client for ``workload``'s measured requests."""
@@ -91,3 +88,7 @@ def vllm_client_run(endpoint: str, model: str, workload: Workload) -> tuple[list
 def ours_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
     ttft, _, itl, failed = _ours_run(endpoint, model, workload)
     return ttft, itl, failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -129,6 +130,14 @@ async def run_load_async(
                 logger.warning("llmperf: %d of %d warmup requests failed, first: %s", n_bad, len(warm),
                                next(rec.error for rec, _ in warm_out if rec.error))
 
+        # A full collection of a big heap (e.g. torch/vllm imported in this process) stalls the event loop for
+        # 100+ ms; landing in the measured burst it inflated the first wave's TTFT (p99 +100 ms at 256
+        # concurrent). Collect now, outside the measurement, and freeze what exists so collections during
+        # the measured requests only traverse objects created since. (Unfrozen after, unless someone else in
+        # this process had frozen objects already: gc.unfreeze() would undo theirs too.)
+        was_frozen = gc.get_freeze_count() > 0
+        gc.collect()
+        gc.freeze()
         t0_wall_s, t0_perf_s = time.time(), time.perf_counter()
         total, done = len(measured), 0
 
@@ -140,7 +149,11 @@ async def run_load_async(
                 progress(done, total)
             return out
 
-        outs = await asyncio.gather(*(tracked(r, float(o)) for r, o in zip(measured, offsets_s)))
+        try:
+            outs = await asyncio.gather(*(tracked(r, float(o)) for r, o in zip(measured, offsets_s)))
+        finally:
+            if not was_frozen:
+                gc.unfreeze()
     first_send_s = min(rec.start_s for rec, _ in outs)
     last_finish_perf_s = max(fin for _, fin in outs)
     records = tuple(dataclasses.replace(rec, start_s=rec.start_s - first_send_s) for rec, _ in outs)

@@ -153,3 +153,22 @@ def test_open_loop_run_completes():
         run = run_load(srv.endpoint, MODEL, wl)
     starts = sorted(r.start_s for r in run.records)
     assert run.failed == 0 and starts[0] == 0.0 and starts[-1] > 0.0
+
+
+def test_heap_frozen_during_measured_requests_only():
+    """No full GC of the pre-existing heap during the measured burst (it stalled the loop 100+ ms at 256
+    concurrent); the freeze is undone after the run, and never undone when someone else had frozen first."""
+    import gc
+    counts = []
+    wl = Workload(num_requests=4, warmup_requests=1, input_len=8, output_len=4, concurrency=2, seed=1)
+    assert gc.get_freeze_count() == 0
+    with scripted_server(ttft_s=0.001, itl_s=0.001) as srv:
+        run_load(srv.endpoint, MODEL, wl, progress=lambda d, t: counts.append(gc.get_freeze_count()))
+        assert len(counts) == 4 and min(counts) > 0
+        assert gc.get_freeze_count() == 0
+        gc.freeze()
+        try:
+            run_load(srv.endpoint, MODEL, wl)
+            assert gc.get_freeze_count() > 0                          # the other party's freeze kept
+        finally:
+            gc.unfreeze()
