@@ -40,8 +40,11 @@ ID = "test_gate_inner.py::test_{}[single-c2-in32]"
 
 def gate_run(pytester: pytest.Pytester, endpoint: str, *args: str) -> pytest.RunResult:
     wait_for_no_vllm(120.0)  # a foreign engine on this 2-core machine distorts the timings
+    # Tolerance 0.9: the unchanged "pass" scenario compares sessions minutes apart with runs of 4 tiny requests,
+    # and on a shared 2-core machine throughput moved -40% between such sessions (a CI run); the regressions
+    # asserted below are 100x, so they fail at any tolerance.
     return run_llmperf(pytester, "-rA", "--llmperf-endpoint", endpoint, "--llmperf-model", "tiny-llama",
-                       "--llmperf-tolerance", "0.5", "--llmperf-repeats", "5", *args)
+                       "--llmperf-tolerance", "0.9", "--llmperf-repeats", "5", *args)
 
 
 def baseline_files(root: Path) -> dict[str, Path]:
