@@ -46,16 +46,6 @@ def _engine(endpoint: str | None, model: str | None) -> Iterator[tuple[str, str,
         yield srv.endpoint, srv.served_model_name, 32000
 
 
-def _ours(endpoint: str, model: str, wl: Workload, vocab: int) -> tuple[list[float], list[float], int]:
-    ttft, tpot, _, failed = ours_run(endpoint, model, wl, vocab)
-    return ttft, tpot, failed
-
-
-def _vllm(endpoint: str, model: str, wl: Workload, vocab: int) -> tuple[list[float], list[float], int]:
-    ttft, tpot, _, failed = vllm_client_run(endpoint, model, wl, vocab)
-    return ttft, tpot, failed
-
-
 def _p50(values: list[float]) -> float | None:
     return float(np.percentile(values, 50)) if values else None
 
@@ -84,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for conc in a.concurrency:
             wl = Workload(num_requests=a.num_requests, input_len=a.input_len, output_len=a.output_len,
                           concurrency=conc, seed=0)
-            o_ttft, o_tpot, o_fail = _ours(endpoint, model, wl, vocab)
-            v_ttft, v_tpot, v_fail = _vllm(endpoint, model, wl, vocab)
+            o_ttft, o_tpot, _, o_fail = ours_run(endpoint, model, wl, vocab)
+            v_ttft, v_tpot, _, v_fail = vllm_client_run(endpoint, model, wl, vocab)
             r = {"concurrency": conc, "ours_ttft_p50_ms": _p50(o_ttft), "vllm_ttft_p50_ms": _p50(v_ttft),
                  "ours_tpot_p50_ms": _p50(o_tpot), "vllm_tpot_p50_ms": _p50(v_tpot),
                  "ours_failed": o_fail, "vllm_failed": v_fail}

@@ -25,11 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_llmperf.load.reference import ours_run as _ours_run, vllm_client_run as _vllm_run  # noqa: E402
+from pytest_llmperf.load.reference import ours_run, vllm_client_run  # noqa: E402
 from pytest_llmperf.load.workload import Workload  # noqa: E402
 from tests.support.scripted_server import Script, scripted_server  # noqa: E402
 
-__all__ = ["main", "vllm_client_run"]
+__all__ = ["main"]
 
 
 def _err(values: list[float], truth_ms: float) -> dict[str, float | None]:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                           output_len=a.output_len, warmup_requests=min(conc, 8), seed=0, timeout_s=120)
             for name, fn in clients.items():
                 t = time.perf_counter()
-                ttft, itl, failed = fn(srv.endpoint, script.model, wl)
+                ttft, _, itl, failed = fn(srv.endpoint, script.model, wl)
                 results.append({"client": name, "concurrency": conc, "requests": wl.num_requests, "failed": failed,
                                 "itl_count": len(itl), "ttft_error": _err(ttft, a.ttft_ms),
                                 "itl_error": _err(itl, a.itl_ms), "wall_s": time.perf_counter() - t})
@@ -77,17 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {a.json}")
     return 0
 
-
-
-def vllm_client_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
-    """(ttft_ms list, itl_ms list, failed) from vLLM's client for ``workload``'s measured requests."""
-    ttft, _, itl, failed = _vllm_run(endpoint, model, workload)
-    return ttft, itl, failed
-
-
-def ours_run(endpoint: str, model: str, workload: Workload) -> tuple[list[float], list[float], int]:
-    ttft, _, itl, failed = _ours_run(endpoint, model, workload)
-    return ttft, itl, failed
 
 
 if __name__ == "__main__":

