@@ -9,6 +9,9 @@ __all__ = [
     "EngineStartError",
     "EngineDiedError",
     "EndpointUnreachable",
+    "LoadAborted",
+    "RunStalled",
+    "RunDeadlineExceeded",
     "BaselineError",
     "PerformanceRegression",
 ]
@@ -36,6 +39,25 @@ class EngineDiedError(EngineError):
 
 class EndpointUnreachable(LLMPerfError):
     """Nothing answers at the endpoint URL."""
+
+
+class LoadAborted(LLMPerfError):
+    """A load run was stopped before it finished; requests in flight were cancelled.
+
+    ``records`` holds the requests that had finished (with their errors, if any) when the run stopped.
+    """
+
+    def __init__(self, message: str, records: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.records = records
+
+
+class RunStalled(LoadAborted):
+    """No token arrived for the stall timeout while requests were in flight. Names the engine/endpoint."""
+
+
+class RunDeadlineExceeded(LoadAborted):
+    """The run did not finish within its deadline. Names the engine/endpoint."""
 
 
 class BaselineError(LLMPerfError):

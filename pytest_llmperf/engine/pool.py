@@ -5,6 +5,11 @@ per test. The plugin orders tests by spec, tells the pool how many tests need ea
 ``release``-s a spec after each test; the engine stops when its count reaches zero, before the next spec's
 engine starts, so two engines never compete for the same GPUs or cores. ``close`` stops everything
 (session end, Ctrl-C, atexit).
+
+Before handing an engine to the next test, ``get`` checks it whole (``VLLMServer.health_problem``: the guard
+and API server, every engine process noted at startup, and ``/health``). An engine that lost a worker, or
+stopped answering, is never handed out again: it is stopped and started afresh, and the restart is reported
+with the cause and the old engine's log path (``restarts``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class EnginePool:
         self._remaining: Counter[EngineSpec] = Counter()
         self._log_dir, self._progress, self._factory = log_dir, progress, server_factory
         self.starts: list[EngineStart] = []
+        #: one line per engine restarted because it was found dead between tests (cause and log path)
+        self.restarts: list[str] = []
         atexit.register(self.close)
 
     def expect(self, spec: EngineSpec, count: int = 1) -> None:
@@ -56,9 +63,16 @@ class EnginePool:
         if spec in self._failed:
             raise self._failed[spec]
         server = self._servers.get(spec)
-        if server is not None and server.alive():
+        problem = _health_problem(server) if server is not None else None
+        if server is not None and problem is None:
             return server
-        if server is not None:  # died since the last test: report it once, then start afresh
+        if server is not None:  # died since the last test: report it, stop what is left, start afresh
+            old_log = getattr(server, "log_path", "?")
+            note = f"engine {spec.label} {problem}; restarting it (log of the dead engine: {old_log})"
+            self.restarts.append(note)
+            log.warning("%s", note)
+            if self._progress:
+                self._progress(note)
             self._servers.pop(spec)
             server.stop()
         for other in [s for s in self._servers if self._remaining[s] <= 0]:
@@ -94,3 +108,11 @@ class EnginePool:
     def close(self) -> None:
         for spec in list(self._servers):
             self._stop(spec)
+
+
+def _health_problem(server: VLLMServer) -> str | None:
+    """The server's own one-line health problem (whole process tree and /health), or None if it can serve."""
+    check = getattr(server, "health_problem", None)
+    if check is not None:
+        return check()  # type: ignore[no-any-return]
+    return None if server.alive() else "is no longer alive"

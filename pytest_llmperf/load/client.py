@@ -16,6 +16,15 @@ brings ``n`` tokens after a gap ``g`` since the previous token read adds ``n`` I
 
 SSE parsing is line based: blank lines and ``:`` comments are skipped, ``data: [DONE]`` ends the stream,
 each ``data:`` line is one JSON event (as OpenAI-compatible servers send them).
+
+Success (docs/faults.md). A stream counts as a success only if it ended with ``data: [DONE]`` and delivered
+exactly the tokens asked for (``max_tokens = min_tokens``, ``ignore_eos``); otherwise its record carries the
+cause: truncated (fewer tokens), missing ``[DONE]`` (connection closed early), or inflated usage. ``usage`` is
+cross-checked against the stream: a count above ``max_tokens``, or tokens claimed by usage with no choice event
+that could have carried them, is a failure (an inflated count must not inflate throughput). A running count is
+not bounded by the number of events: vLLM merges the outputs of several engine steps into one event when the
+client reads slower than the engine writes (and speculative decoding emits several tokens per step), so one
+event may carry many tokens. A final usage that disagrees with the running count is noted (``note``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -32,6 +42,8 @@ from pytest_llmperf.records import RequestRecord
 
 __all__ = ["StreamAccount", "build_payload", "stream_request", "ERROR_BODY_MAX_CHARS"]
 
+ActivityFn = Callable[[], None]
+
 #: How much of an HTTP error body is kept in ``RequestRecord.error``.
 ERROR_BODY_MAX_CHARS = 500
 
@@ -40,13 +52,22 @@ class StreamAccount:
     """Incremental SSE parser and token/timing accountant for one response (no I/O; benchmarkable alone).
 
     Call :meth:`feed` with each network read and the ``perf_counter`` time it arrived, then :meth:`record`.
+    ``expected_tokens`` (the request's ``max_tokens``) makes a short or over-counted stream a failure.
+    ``done`` means parsing stopped (``[DONE]``, an error event or malformed data); ``done_marker`` that the
+    stream ended properly with ``data: [DONE]``.
     """
 
     __slots__ = ("start_perf_s", "_buf", "tokens", "prompt_tokens", "ttft_s", "last_token_perf_s",
-                 "itl_ms", "error", "done", "_usage_seen")
+                 "itl_ms", "error", "done", "_usage_seen", "expected_tokens", "done_marker", "choice_events",
+                 "final_usage", "note")
 
-    def __init__(self, start_perf_s: float) -> None:
+    def __init__(self, start_perf_s: float, expected_tokens: int | None = None) -> None:
         self.start_perf_s = start_perf_s
+        self.expected_tokens = expected_tokens
+        self.done_marker = False
+        self.choice_events = 0
+        self.final_usage: int | None = None
+        self.note: str | None = None
         self._buf = b""
         self.tokens = 0
         self.prompt_tokens: int | None = None
@@ -70,7 +91,7 @@ class StreamAccount:
                 continue  # blank separator, ':' comment, 'event:'/'id:' fields
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                self.done = True
+                self.done = self.done_marker = True
                 break
             if not payload:
                 continue
@@ -96,15 +117,18 @@ class StreamAccount:
             return total
         usage = event.get("usage")
         choices = event.get("choices")
+        if choices:
+            self.choice_events += 1
         if usage:
             if self.prompt_tokens is None and usage.get("prompt_tokens") is not None:
                 self.prompt_tokens = int(usage["prompt_tokens"])
             completion = usage.get("completion_tokens")
             if completion is not None:
-                self._usage_seen = True
-                if choices or total == 0:
+                self.final_usage = int(completion)
+                if choices:
+                    self._usage_seen = True
                     return max(total, int(completion))
-                return total  # usage-only final chunk: a summary, not new tokens
+                return total  # usage-only chunk: a summary, not new tokens (checked against the count in record)
         if choices and not self._usage_seen:
             first = choices[0]
             text = first.get("text")
@@ -125,12 +149,39 @@ class StreamAccount:
         self.tokens += n_tokens
         self.last_token_perf_s = now_perf_s
 
+    def completeness_error(self) -> str | None:
+        """Why the stream is not a success on its own terms (None if it is): no token, no ``[DONE]``, fewer or
+        more tokens than asked, or a usage count the stream could not have carried. Without running usage it
+        adopts a consistent final usage count as ``tokens`` (multi-token events); it sets ``note`` when a final
+        usage count disagrees with the running count but the stream is otherwise complete."""
+        want = self.expected_tokens
+        usage = self.final_usage
+        if self.tokens == 0 and not usage:
+            return "stream ended without any token"
+        if want is not None and max(self.tokens, usage or 0) > want:
+            return (f"inflated usage: the server reported {max(self.tokens, usage or 0)} completion tokens for "
+                    f"max_tokens={want} (more than the stream can carry; {self.choice_events} token events)")
+        if self.choice_events == 0:
+            return f"inflated usage: usage reports {usage} completion tokens but the stream carried no token event"
+        if not self.done_marker:
+            return (f"stream ended without data: [DONE] after {self.tokens}"
+                    + (f" of {want}" if want is not None else "") + " tokens (connection closed early)")
+        if usage is not None and usage != self.tokens:
+            if not self._usage_seen and 0 < self.tokens < usage:
+                # no running usage: one token was counted per text event; the final count is the truth
+                self.note = f"usage counted {usage} tokens over {self.choice_events} text events"
+                self.tokens = usage
+            else:
+                self.note = f"final usage {usage} != {self.tokens} tokens counted from the stream"
+        if want is not None and self.tokens < want:
+            return f"stream delivered {self.tokens} of {want} requested tokens (truncated)"
+        return None
+
     def record(self, request_id: str, run_start_perf_s: float, prompt_len: int,
                error: str | None = None) -> RequestRecord:
-        """The :class:`RequestRecord` so far; ``error`` (if given) wins over a parse/stream error."""
-        error = error or self.error
-        if error is None and self.tokens == 0:
-            error = "stream ended without any token"
+        """The :class:`RequestRecord` so far; ``error`` (if given) wins over a parse/stream error, which wins
+        over :meth:`completeness_error`."""
+        error = error or self.error or self.completeness_error()
         return RequestRecord(
             request_id=request_id,
             start_s=self.start_perf_s - run_start_perf_s,
@@ -171,17 +222,21 @@ async def stream_request(
     timeout_s: float,
     run_start_perf_s: float | None = None,
     chat: bool = False,
+    activity: ActivityFn | None = None,
+    notes: list[str] | None = None,
 ) -> RequestRecord:
     """Send ``request`` to ``{endpoint}/completions`` (``/chat/completions`` if ``chat``), stream and time it.
 
     ``endpoint`` is the OpenAI base URL (``http://host:port/v1``); ``timeout_s`` bounds the whole request.
     ``run_start_perf_s`` (``perf_counter`` of the run's first send) makes ``start_s`` run-relative.
-    Never raises (except on cancellation): every failure is in the returned record's ``error``.
+    ``activity()`` is called after each read that brought tokens (the runner's stall detector); a usage
+    mismatch note is appended to ``notes``. Never raises (except on cancellation): every failure is in the
+    returned record's ``error``.
     """
     url = endpoint.rstrip("/") + ("/chat/completions" if chat else "/completions")
     payload = build_payload(model, request, chat=chat)
     start = time.perf_counter()
-    acct = StreamAccount(start)
+    acct = StreamAccount(start, expected_tokens=request.output_len)
     base = start if run_start_perf_s is None else run_start_perf_s
     perf = time.perf_counter
     error: str | None = None
@@ -195,11 +250,17 @@ async def stream_request(
                 # request on a reused uvicorn connection arrive in one burst (seen with vLLM 0.32)
                 async for data in resp.content.iter_any():
                     if not acct.done:
+                        before = acct.tokens
                         acct.feed(data, perf())
+                        if activity is not None and acct.tokens > before:
+                            activity()
     except (asyncio.TimeoutError, TimeoutError):
         error = f"timeout after {timeout_s:g} s at {url} ({acct.tokens} tokens received)"
     except aiohttp.ClientError as exc:
         error = f"connection error at {url}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a request never raises; the error is recorded
         error = f"client error at {url}: {type(exc).__name__}: {exc}"
-    return acct.record(request.request_id, base, request.prompt_len, error)
+    rec = acct.record(request.request_id, base, request.prompt_len, error)
+    if acct.note and notes is not None:
+        notes.append(f"{request.request_id}: {acct.note}")
+    return rec

@@ -76,8 +76,11 @@ def parse_length(value: int | str | LengthSpec, *, name: str = "length") -> Leng
 class Workload:
     """One load run's shape. ``request_rate=None`` is a closed loop gated only by ``concurrency``.
 
-    ``burstiness`` is the gamma shape of open-loop gaps (1.0 = Poisson); ``timeout_s`` is the total time
-    allowed per request, connection included.
+    ``burstiness`` is the gamma shape of open-loop gaps (1.0 = Poisson). Deadlines (none is part of the
+    workload dict: they bound a run, they do not shape it): ``timeout_s`` is the total time allowed per request,
+    connection included; ``stall_timeout_s`` fails the run when no token arrives for that long while requests
+    are in flight (a stalled engine whose ``/health`` still answers); ``deadline_s`` bounds the whole run,
+    warmup included. Defaults: 300 s, 60 s, 1800 s (docs/faults.md).
     """
 
     num_requests: int
@@ -89,6 +92,8 @@ class Workload:
     burstiness: float = 1.0
     seed: int = 0
     timeout_s: float = 300.0
+    stall_timeout_s: float = 60.0
+    deadline_s: float = 1800.0
 
     def __post_init__(self) -> None:
         for name in ("num_requests", "concurrency"):
@@ -112,8 +117,10 @@ class Workload:
             )
         if not (isinstance(self.burstiness, (int, float)) and self.burstiness > 0 and math.isfinite(self.burstiness)):
             raise UsageError(f"workload burstiness must be a finite number > 0, got {self.burstiness!r}")
-        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
-            raise UsageError(f"workload timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        for name in ("timeout_s", "stall_timeout_s", "deadline_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise UsageError(f"workload {name} must be a finite number > 0 seconds, got {value!r}")
 
     @property
     def input_spec(self) -> LengthSpec:

@@ -85,3 +85,63 @@ def test_tp_beyond_cores_on_cpu_is_a_usage_error_naming_the_cores(tmp_path: Path
     with pytest.raises(UsageError, match=rf"{tp} ranks but only {cores} usable cores"):
         VLLMServer(EngineSpec(tp=tp), log_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing was started or logged
+
+
+def test_real_engine_dies_with_a_sigkilled_pytest_during_startup(tmp_path: Path) -> None:
+    """Issue 14 on real vLLM: SIGKILL the process that started a CPU engine while the engine initialises
+    (its log exists, /health not yet 200); the guard must take the API server, EngineCore and every worker
+    down. (tests/unit/test_faults_engine.py proves the same with a fake tree in seconds; this is the one real run.)"""
+    import sys
+    import textwrap
+
+    wait_for_no_vllm()
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(root)!r})
+        from pytest_llmperf.engine.server import VLLMServer
+        from pytest_llmperf.engine.spec import EngineSpec
+        srv = VLLMServer(EngineSpec(), log_dir={str(tmp_path)!r}, progress=lambda m: None)
+        print(srv.port, flush=True)
+        srv.start()
+        print("HEALTHY", flush=True)
+        time.sleep(600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    port = int(parent.stdout.readline())
+    deadline = time.monotonic() + 300
+
+    def engine_core_up() -> bool:  # the hard case of issue 14: EngineCore exists, /health not yet 200
+        for pid in descendants(parent.pid):
+            try:
+                if b"VLLM::EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+            except OSError:
+                pass
+        return False
+
+    while not engine_core_up() and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.5)
+    assert engine_core_up(), "vLLM's EngineCore never started"
+    time.sleep(2.0)  # inside EngineCore's initialisation (model load, KV cache, warmup take far longer)
+    tree = descendants(parent.pid)  # guard, API server, EngineCore (and workers)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    t0 = time.monotonic()
+
+    def left() -> list[int]:
+        out = []
+        for pid in tree:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+            except OSError:
+                pass
+        return out
+
+    while left() and time.monotonic() - t0 < 60:
+        time.sleep(0.5)
+    assert left() == [] and servers_on_port(port) == [], f"vLLM outlived a SIGKILLed pytest: {left()}"
+    print(f"real engine ({len(tree)} processes) gone {time.monotonic() - t0:.1f} s after SIGKILL during startup")

@@ -172,3 +172,132 @@ def test_heap_frozen_during_measured_requests_only():
             assert gc.get_freeze_count() > 0                          # the other party's freeze kept
         finally:
             gc.unfreeze()
+
+
+# --- faults (issue 14): a stream is a success only if complete; nothing hangs past its deadline ---------------
+
+def _established_to(port: int) -> int:
+    """Client-side TCP connections of this machine to 127.0.0.1:``port`` still ESTABLISHED (/proc/net/tcp)."""
+    count = 0
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if remote.endswith(f":{port:04X}") and state == "01":
+            count += 1
+    return count
+
+
+def _summary(records):
+    from pytest_llmperf.stats.metrics import compute_run_metrics, run_summary
+    from pytest_llmperf.stats.slo import SLO, check_slo
+
+    metrics = compute_run_metrics(records, 1.0, SLO())
+    summary = run_summary(metrics)
+    verdicts = check_slo(SLO.from_mapping({"max_failed": 0}), "t", [summary])
+    return metrics, summary, verdicts
+
+
+@pytest.mark.parametrize(("mode", "cause"), [
+    ({"truncate_after_tokens": 3}, "stream delivered 3 of 8 requested tokens (truncated)"),
+    ({"omit_done": True}, "stream ended without data: [DONE] after 8 of 8 tokens"),
+    ({"truncate_after_tokens": 3, "omit_done": True}, "stream ended without data: [DONE] after 3 of 8 tokens"),
+    ({"usage_factor": 10.0}, "inflated usage: the server reported 80 completion tokens for max_tokens=8"),
+    ({"usage_factor": 10.0, "usage_per_chunk": False}, "inflated usage: the server reported 80 completion"),
+])
+def test_incomplete_or_overcounted_stream_is_a_failure_with_its_cause(mode, cause):
+    wl = Workload(num_requests=3, output_len=8, concurrency=3)
+    with scripted_server(ttft_s=0.002, itl_s=0.001, **mode) as srv:
+        run = run_load(srv.endpoint, MODEL, wl)
+    assert run.failed == 3
+    assert all(cause in r.error for r in run.records), run.records[0].error
+    metrics, summary, verdicts = _summary(run.records)
+    assert summary["failed"] == 3 and metrics.total_output_tokens == 0          # nothing counted
+    assert [v.verdict for v in verdicts if v.metric == "failed"] == ["FAIL"]     # max_failed sees it
+
+
+def test_inflated_usage_does_not_inflate_throughput_next_to_an_honest_server():
+    wl = Workload(num_requests=4, output_len=16, concurrency=2)
+    with scripted_server(ttft_s=0.002, itl_s=0.001) as honest:
+        good = run_load(honest.endpoint, MODEL, wl)
+    with scripted_server(ttft_s=0.002, itl_s=0.001, usage_factor=10.0) as liar:
+        bad = run_load(liar.endpoint, MODEL, wl)
+    assert good.failed == 0 and sum(r.output_tokens for r in good.records) == 4 * 16
+    assert bad.failed == 4 and _summary(bad.records)[0].total_output_tokens == 0
+    assert _summary(good.records)[0].total_output_tokens == 4 * 16
+
+
+def test_multi_token_events_without_running_usage_take_the_final_usage_count():
+    """A server that sends no per-chunk usage and several tokens per event: the final usage is the count
+    (consistent: more than the events, at most max_tokens), and a success."""
+    wl = Workload(num_requests=2, output_len=10, concurrency=2)
+    with scripted_server(tokens_per_chunk=4, usage_per_chunk=False, itl_s=0.001) as srv:
+        run = run_load(srv.endpoint, MODEL, wl)
+    assert run.failed == 0 and all(r.output_tokens == 10 for r in run.records)
+
+
+def test_usage_only_chunk_without_token_events_is_not_a_success():
+    acct = StreamAccount(0.0, expected_tokens=5)
+    acct.feed(b'data: {"choices":[],"usage":{"completion_tokens":5}}\n\ndata: [DONE]\n\n', 0.1)
+    rec = acct.record("r", 0.0, 1)
+    assert "no token event" in rec.error and rec.output_tokens == 0
+
+
+def test_final_usage_disagreeing_with_running_count_is_noted():
+    acct = StreamAccount(0.0, expected_tokens=2)
+    acct.feed(_chunk(1) + _chunk(2) + b'data: {"choices":[],"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n', 0.1)
+    rec = acct.record("r", 0.0, 1)
+    assert rec.error is None and rec.output_tokens == 2
+    assert acct.note == "final usage 1 != 2 tokens counted from the stream"
+
+
+def test_stalled_engine_fails_the_run_promptly_naming_it_and_cancels_requests_in_flight():
+    """The engine streams 2 tokens, then goes silent with /health still 200: the run fails after the stall
+    timeout (not the 300 s request timeout), names engine and endpoint, and leaves no connection open."""
+    from pytest_llmperf.errors import RunStalled
+
+    wl = Workload(num_requests=4, output_len=8, concurrency=2, stall_timeout_s=0.5)
+    with scripted_server(ttft_s=0.002, itl_s=0.001, stall_after_tokens=2) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(RunStalled) as exc:
+            run_load(srv.endpoint, MODEL, wl, engine_label="single")
+        elapsed_s = time.monotonic() - t0
+        assert elapsed_s < wl.timeout_s / 10
+        assert _established_to(srv.port) == 0
+    msg = str(exc.value)
+    assert f"engine single at {srv.endpoint} stalled: no token for" in msg
+    assert "2 request(s) were in flight" in msg and "stall timeout 0.5 s" in msg
+    print(f"stall detected after {elapsed_s:.2f} s (stall timeout 0.5 s)")
+
+
+def test_a_server_that_never_answers_is_a_stall_too():
+    from pytest_llmperf.errors import RunStalled
+
+    wl = Workload(num_requests=2, output_len=4, concurrency=2, stall_timeout_s=0.3)
+    stalled = r"endpoint http://127\.0\.0\.1:\d+/v1 stalled"
+    t0 = time.monotonic()
+    with scripted_server(stall=True) as srv, pytest.raises(RunStalled, match=stalled):
+        run_load(srv.endpoint, MODEL, wl)
+    print(f"never-answering server: stall detected after {time.monotonic() - t0:.2f} s (stall timeout 0.3 s)")
+
+
+def test_run_deadline_stops_a_slow_but_live_run_and_keeps_finished_records():
+    from pytest_llmperf.errors import RunDeadlineExceeded
+
+    wl = Workload(num_requests=50, output_len=20, concurrency=1, deadline_s=0.6, stall_timeout_s=5.0)
+    with scripted_server(ttft_s=0.01, itl_s=0.01) as srv:     # ~0.2 s per request, tokens keep coming
+        t0 = time.monotonic()
+        with pytest.raises(RunDeadlineExceeded) as exc:
+            run_load(srv.endpoint, MODEL, wl, engine_label="single")
+        elapsed_s = time.monotonic() - t0
+        assert _established_to(srv.port) == 0
+    assert elapsed_s < 5.0
+    assert "passed its deadline of 0.6 s" in str(exc.value) and srv.endpoint in str(exc.value)
+    assert 0 < len(exc.value.records) < 50 and all(r.error is None for r in exc.value.records)
+    print(f"deadline hit after {elapsed_s:.2f} s (deadline 0.6 s)")
+
+
+@pytest.mark.parametrize("field", ["timeout_s", "stall_timeout_s", "deadline_s"])
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), True, "10"])
+def test_deadlines_are_validated(field, bad):
+    with pytest.raises(UsageError, match=f"workload {field} must be a finite number > 0 seconds"):
+        Workload(num_requests=1, **{field: bad})
