@@ -1,37 +1,41 @@
-"""End of a pytest session: the build-wide decision, the results file, reports and baseline updates.
+"""End of a pytest session: the build-wide decision, the results file, baseline updates and reports.
 
-Called once from :meth:`LLMPerfSession.pytest_sessionfinish`. Returns the exit status it wants (0 or 1):
-1 when the Holm procedure over every check of the build finds a regression that the per-test
-(Bonferroni) gate did not already fail, or when a baseline update was refused.
+Called once from ``LLMPerfSession.pytest_sessionfinish`` with explicit arguments. Returns the exit status it
+wants (0 or 1) with the lines to print: 1 when the Holm procedure over every check of the build finds a
+regression the per-test (Bonferroni) gate did not already fail, or when a baseline update was refused.
+The results file is always written (failed tests included), before anything else can go wrong.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_llmperf.session import LLMPerfSession
+    from pytest_llmperf.config import LLMPerfConfig
+    from pytest_llmperf.records import TestResult
+    from pytest_llmperf.stats.verdict import Check, Verdict
 
-__all__ = ["finish_session"]
+__all__ = ["finish_session", "final_verdicts"]
 
 log = logging.getLogger(__name__)
 
 
-def _final_verdicts(session: LLMPerfSession) -> tuple[list[dict[str, Any]], list[str]]:
-    """Holm over all regression checks (build-wide FAR = --llmperf-far) plus every other verdict."""
-    from pytest_llmperf.stats.regression import decide_all, format_verdict
+def final_verdicts(results: Sequence[TestResult], checks: Sequence[Check], family_alpha: float,
+                   decide_fn: Callable[..., Verdict | None] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Holm over all regression checks (build-wide FAR = ``family_alpha``) plus every other verdict, in test
+    order; and the lines of checks that only the build-wide decision FAILs."""
+    from pytest_llmperf.stats.decision import decide_all
+    from pytest_llmperf.stats.verdict import format_verdict
 
-    hook = session.pytest_config.hook.pytest_llmperf_decide
-    final = decide_all(session.checks, session.cfg.far, decide_fn=lambda **kw: hook(**kw))
-    by_key = {(v.test_id, v.metric): v for v in final}
+    final = decide_all(list(checks), family_alpha, decide_fn=decide_fn)
+    by_key = {(v.test_id, v.metric, v.kind): v for v in final}
     verdicts: list[dict[str, Any]] = []
     newly_failed: list[str] = []
-    for result in session.results:
+    for result in results:
         for v in result.verdicts:
-            holm = by_key.get((v["test_id"], v["metric"])) if v["kind"] == "regression" else None
+            holm = by_key.get((v["test_id"], v["metric"], v["kind"]))
             if holm is None:
                 verdicts.append(v)
                 continue
@@ -41,73 +45,66 @@ def _final_verdicts(session: LLMPerfSession) -> tuple[list[dict[str, Any]], list
     return verdicts, newly_failed
 
 
-def finish_session(session: LLMPerfSession) -> int:
+def finish_session(*, cfg: LLMPerfConfig, results: Sequence[TestResult], checks: Sequence[Check],
+                   failed_tests: Mapping[str, str], results_dict: Callable[[], dict[str, Any]],
+                   decide_fn: Callable[..., Verdict | None] | None, interrupted: bool) -> tuple[int, list[dict[str, Any]], list[str]]:
+    """``(exit status wanted, final verdict dicts, lines for the terminal)``; ``results_dict()`` builds the
+    results JSON once the final verdicts are set on the caller (it is called after they are returned)."""
+    from pytest_llmperf.gate.compare import summary_line
     from pytest_llmperf.report.json_io import write_results
 
+    lines: list[str] = []
     status = 0
-    session.verdicts, newly_failed = _final_verdicts(session)
-    if newly_failed and not session.cfg.no_gate:
-        session.end_messages.append("llmperf: regressions found by the build-wide (Holm) decision:")
-        session.end_messages.extend(f"  {line}" for line in newly_failed)
+    verdicts, newly_failed = final_verdicts(results, checks, cfg.far, decide_fn)
+    if newly_failed and not cfg.no_gate:
+        lines.append("llmperf: regressions found by the build-wide (Holm) decision:")
+        lines.extend(f"  {line}" for line in newly_failed)
         status = 1
-    results = session.results_dict()
-    path = write_results(session.cfg.results, results)
-    session.end_messages.append(f"llmperf: results written to {path}")
-    status = max(status, _update_baselines(session, results))
-    _write_reports(session, results)
-    return status
+    results_obj = {**results_dict(), "verdicts": verdicts}
+    path = write_results(cfg.results, results_obj)
+    lines.append(f"llmperf: results written to {path}")
+    lines.append(summary_line(verdicts))
+    if cfg.update_baselines:
+        update_status, update_lines = _update_baselines(cfg, results_obj, verdicts, failed_tests, interrupted, decide_fn)
+        status = max(status, update_status)
+        lines.extend(update_lines)
+    lines.extend(_write_reports(cfg.report_dir, results_obj, plots=not cfg.no_plots))
+    return status, verdicts, lines
 
 
-def _update_baselines(session: LLMPerfSession, results: dict[str, Any]) -> int:
-    if not session.cfg.update_baselines:
-        return 0
-    from pytest_llmperf.commands.baseline import update_baselines
-    from pytest_llmperf.commands.compare import verdict_table
+def _update_baselines(cfg: LLMPerfConfig, results: dict[str, Any], verdicts: list[dict[str, Any]],
+                      failed_tests: Mapping[str, str], interrupted: bool,
+                      decide_fn: Callable[..., Verdict | None] | None) -> tuple[int, list[str]]:
+    """Record this session, judged by exactly the verdicts its tests were gated with."""
+    if interrupted:
+        return 1, ["llmperf baseline update skipped: the session was interrupted; nothing was written"]
+    from pytest_llmperf.gate.compare import verdict_table
+    from pytest_llmperf.gate.settings import GateSettings
+    from pytest_llmperf.gate.update import update_baselines
+    from pytest_llmperf.stats.verdict import Verdict
     from pytest_llmperf.storage.baselines import BaselineStore
 
-    c = session.cfg
-    failed_at_test = [v for r in session.results for v in r.verdicts if v["verdict"] == "FAIL"]
-    if failed_at_test and not c.accept_regression:
-        session.end_messages.append(
-            f"llmperf baseline update refused: {len(failed_at_test)} check(s) failed in this run "
-            f"({', '.join(sorted({v['test_id'] + ' ' + v['metric'] for v in failed_at_test}))}); rerun with "
-            f"--llmperf-accept-regression --llmperf-update-reason TEXT to record them")
-        return 1
-    from pytest_llmperf.bench import gated_metrics_of
-
-    summaries = [run.summary for result in session.results for run in result.runs]
-    metrics = sorted({m for summary in summaries for m in gated_metrics_of(summary, None, c.gate_metrics)})
-    report = update_baselines(results, BaselineStore(c.baseline_dir), accept_regression=c.accept_regression,
-                              reason=c.update_reason, dry_run=False, tolerance=c.tolerance, family_alpha=c.far,
-                              metrics=metrics)
-    lines = ["llmperf baseline update (old vs new):"]
-    if report.verdicts:
-        lines.append(verdict_table(report.verdicts))
+    gated: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        gated.setdefault(v["test_id"], []).append(Verdict.from_dict(v))
+    report = update_baselines(results, BaselineStore(cfg.baseline_dir), accept_regression=cfg.accept_regression,
+                              reason=cfg.update_reason, dry_run=False, settings=GateSettings.from_config(cfg),
+                              gated=gated, failed_tests=failed_tests, decide_fn=decide_fn)
+    lines = ["llmperf baseline update (the verdicts this session gated with):"]
+    shown = [v for v in report.verdicts if v.verdict not in ("PASS", "NO_BASELINE")]
+    if shown:
+        lines.append(verdict_table(shown))
     lines += [f"new baseline: {t}" for t in report.new_tests]
     lines += [f"stale baseline (test no longer exists): {t}" for t in report.stale]
-    lines.append(report.message)
-    session.end_messages.extend(lines)
-    return 1 if report.refused else 0
+    lines.append(("llmperf baseline update " if report.refused else "") + report.message)
+    return (1 if report.refused or report.not_recorded else 0), lines
 
 
-def _write_reports(session: LLMPerfSession, results: dict[str, Any]) -> None:
-    """Markdown summary and plots under --llmperf-report-dir; the summary also goes to
-    $GITHUB_STEP_SUMMARY when set. A plotting failure is logged, never hides the results."""
-    from pytest_llmperf.report.markdown import render_markdown
+def _write_reports(report_dir: str, results: dict[str, Any], *, plots: bool = True) -> list[str]:
+    """Markdown summary and plots under ``report_dir`` (and the job summary), through the one writer that
+    ``llmperf report`` uses too; a plotting failure is reported, never hides the results."""
+    from pytest_llmperf.report.summary import write_reports
 
-    out = Path(session.cfg.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, str] = {}
-    try:
-        from pytest_llmperf.report.plots import make_plots
-
-        plots = {k: str(v) for k, v in make_plots(results, out).items()}
-    except Exception as exc:  # noqa: BLE001 - a broken plot must not lose the run
-        session.end_messages.append(f"llmperf: plots failed: {exc!r}")
-    md = render_markdown(results, {k: os.path.relpath(v, out) for k, v in plots.items()})
-    (out / "summary.md").write_text(md)
-    session.end_messages.append(f"llmperf: report written to {out}/ (summary.md, {len(plots)} plots)")
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a") as fh:
-            fh.write(md + "\n")
+    if not results.get("tests"):
+        return []
+    return list(write_reports(results, report_dir, plots=plots).messages)

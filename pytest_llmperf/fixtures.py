@@ -1,12 +1,13 @@
 """The plugin's fixtures, all prefixed ``llmperf_``. They only wire the session's objects to tests.
 
-- ``llmperf_mode`` / ``llmperf_concurrency`` / ``llmperf_input_len``: sweep parameters; a test that asks for
-  them is parametrized from the config (``--llmperf-modes``, ``--llmperf-concurrency``,
-  ``--llmperf-input-lens`` or ``[tool.llmperf]``).
+- ``llmperf_mode`` / ``llmperf_concurrency`` / ``llmperf_input_len`` / ``llmperf_request_rate``: sweep parameters;
+  a test that asks for them is parametrized from the config (``--llmperf-modes``, ``--llmperf-concurrency``,
+  ``--llmperf-input-lens``, ``--llmperf-request-rates`` or ``[tool.llmperf]``).
 - ``llmperf_engine``: the running vLLM engine (a :class:`~pytest_llmperf.engine.server.VLLMServer`) for the
   test's spec, from the session-wide pool: each distinct spec starts once.
-- ``llmperf_bench``: measure the engine with the test's workload; returns a :class:`~pytest_llmperf.session.Bench`
-  whose ``run()`` does K runs and whose ``gate()`` applies SLOs and the regression check.
+- ``llmperf_bench``: measure the engine with the test's workload; returns a :class:`~pytest_llmperf.bench.Bench`
+  whose ``run()`` does K runs (exact lengths checked), ``gate()`` applies SLOs and the regression check, and
+  ``measure_and_gate()`` does both.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pytest_llmperf.session import get_session
 
 if TYPE_CHECKING:
     from pytest_llmperf.engine.server import VLLMServer
-    from pytest_llmperf.session import Bench, LLMPerfSession
+    from pytest_llmperf.bench import Bench
+    from pytest_llmperf.session import LLMPerfSession
 
-__all__ = ["llmperf_session", "llmperf_mode", "llmperf_concurrency", "llmperf_input_len", "llmperf_engine",
-           "llmperf_bench"]
+__all__ = ["llmperf_session", "llmperf_mode", "llmperf_concurrency", "llmperf_input_len", "llmperf_request_rate",
+           "llmperf_engine", "llmperf_bench"]
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,13 @@ def llmperf_concurrency(request: pytest.FixtureRequest) -> int:
 def llmperf_input_len(request: pytest.FixtureRequest) -> int:
     """Prompt length in tokens of this test, parametrized from the config's input lengths."""
     return int(getattr(request, "param", 128))
+
+
+@pytest.fixture
+def llmperf_request_rate(request: pytest.FixtureRequest) -> float | None:
+    """Open-loop request rate in req/s of this test (``--llmperf-request-rates``), or None for a closed loop;
+    ``llmperf_bench`` uses it (Poisson arrivals, ``--llmperf-burstiness`` for gamma), capped by the concurrency."""
+    return getattr(request, "param", None)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_llmperf.engine.topology import Topology
-    from pytest_llmperf.stats.regression import Verdict
+    from pytest_llmperf.stats.verdict import Verdict
 
 __all__ = ["pytest_llmperf_detect_topology", "pytest_llmperf_decide", "pytest_llmperf_update_fingerprint"]
 
@@ -33,10 +33,16 @@ def pytest_llmperf_detect_topology(config: pytest.Config) -> Topology | None:
 
 @pytest.hookspec(firstresult=True)
 def pytest_llmperf_decide(test_id: str, metric: str, baseline: Sequence[float], candidate: Sequence[float], direction: str,
-                          tolerance: float, alpha: float) -> Verdict | None:
-    """Decide one regression check from per-run values (one value per run, K per side).
+                          tolerance: float, alpha: float, baseline_sessions: Sequence[str] | None, session_cv: float,
+                          kind: str, label: str, pass_alpha: float | None) -> Verdict | None:
+    """Decide one regression check from per-run values (one value per run; ``baseline_sessions`` names the
+    session of each baseline run, ``kind`` is ``"regression"`` for the rolling window or ``"anchor"`` for the
+    pinned reference named ``label``; ``pass_alpha`` the level of the PASS bound). An implementation may take
+    any subset of these arguments.
 
-    The default is a one-sided Welch t-test on log values with a tolerance (see docs/regression.md).
+    The default compares the candidate session with the baseline sessions on the log scale: FAIL when the
+    lower confidence bound of the worsening lies beyond the tolerance, PASS when the upper bound lies inside
+    (see docs/regression.md).
     Example (conftest.py) — a plain ratio gate for one metric, default for the rest::
 
         def pytest_llmperf_decide(test_id, metric, baseline, candidate, direction, tolerance, alpha):
@@ -49,5 +55,6 @@ def pytest_llmperf_decide(test_id: str, metric: str, baseline: Sequence[float], 
 def pytest_llmperf_update_fingerprint(config: pytest.Config, fingerprint: dict[str, Any]) -> None:
     """Add to or change the fingerprint dict (e.g. a runner label) before baselines are looked up.
 
-    Example: ``fingerprint["runner"] = os.environ.get("RUNNER_NAME", "local")``.
+    Changed fields and added keys are kept: added keys become part of the baseline folder name and a baseline
+    recorded with another value is a MISMATCH. Example: ``fingerprint["runner"] = os.environ.get("RUNNER_NAME", "local")``.
     """

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_nonneg_int", "parse_positive_float",
-           "parse_fraction", "parse_mode_list", "parse_metric_list", "OPTIONS", "FLAGS"]
+           "parse_fraction", "parse_mode_list", "parse_metric_list", "parse_rates_option", "OPTIONS", "FLAGS"]
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -81,9 +81,20 @@ def parse_metric_list(text: str) -> tuple[str, ...]:
 
 
 def parse_mode_list(text: str) -> tuple[str, ...]:
-    from pytest_llmperf.engine.spec import parse_mode
+    from pytest_llmperf.engine.spec import parse_mode_shape
 
-    return _parse_names(text, parse_mode, "mode", "single,tp2,pp2")
+    return _parse_names(text, parse_mode_shape, "mode", "single,tp2,pp2,dp2,ep2")
+
+
+def parse_rates_option(text: str) -> tuple[float, ...]:
+    """Request rates in req/s (``1,2,4.5``), each finite and > 0 (a rate of 0 or below is refused)."""
+    from pytest_llmperf.errors import UsageError
+    from pytest_llmperf.load.arrivals import parse_rates
+
+    try:
+        return parse_rates(str(text))
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -103,11 +114,16 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
               "real model path; default tiny-llama on cpu, deepseek-r1-distill-qwen-14b on gpu"),
     "modes": (parse_mode_list, "M,M", "engine modes of the sweep (default single,tp2,pp2)"),
     "concurrency": (parse_int_list, "C,C", "concurrency sweep (default 1,4,16 on cpu; 1,2,4,8,16,32 on gpu)"),
+    "request-rates": (parse_rates_option, "R,R", "open-loop request rates in req/s, a sweep beside concurrency for "
+                      "tests that take llmperf_request_rate (Poisson arrivals; concurrency stays the cap on requests "
+                      "in flight; default: closed loop)"),
+    "burstiness": (parse_positive_float, "F", "gamma shape of open-loop gaps, 1 = Poisson (default 1)"),
     "input-lens": (parse_int_list, "L,L", "prompt lengths in tokens (default 64,256 on cpu; 256,2048 on gpu)"),
     "output-len": (parse_positive_int, "N", "output tokens per request, exact (default 32 cpu, 128 gpu)"),
     "num-requests": (parse_positive_int, "N", "measured requests per run, at least 2 x concurrency "
                      "(default 16 cpu, 64 gpu)"),
     "warmup": (parse_nonneg_int, "N", "warmup requests before each test's runs, excluded (default: concurrency)"),
+    "min-waves": (parse_positive_int, "N", "measured requests per run are at least N x concurrency (default 2)"),
     "repeats": (parse_positive_int, "K", "runs per test: each run is one sample for the gate (default 3)"),
     "dtype": (str, "DTYPE", "engine dtype (default bfloat16)"),
     "max-model-len": (parse_positive_int, "N", "engine max_model_len (default 2048 cpu, 8192 gpu)"),
@@ -115,11 +131,27 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "python": (str, "PATH", "Python interpreter that runs vLLM (default: the one running pytest)"),
     "emulate-pcie": (_choice("auto", "on", "off"), "auto|on|off",
                      "PCIe emulation for the pcie suite on NVLink GPUs (default auto = on for NVLink)"),
+    "allreduce-fusion": (_choice("auto", "on", "off"), "auto|on|off",
+                         "TP on GPUs: vLLM's FlashInfer all-reduce + RMSNorm fusion; auto = off under PCIe emulation "
+                         "or where NVLink multicast is disabled (NCCL_NVLS_ENABLE=0 ...), else vLLM's default"),
+    "request-timeout": (parse_positive_float, "S", "seconds allowed per request, connection included (default 300)"),
+    "stall-timeout": (parse_positive_float, "S", "fail the run when no token arrives for this many seconds while "
+                      "requests are in flight (default 60)"),
+    "run-deadline": (parse_positive_float, "S", "fail a run (warmup included) that takes longer than this many "
+                     "seconds (default 1800)"),
     "power-rate-hz": (parse_positive_float, "HZ", "NVML sampling rate per GPU (default 100)"),
     "endpoint": (str, "URL", "measure an already running OpenAI-compatible server (http://HOST:PORT/v1) "
                  "instead of starting vLLM; its mode is taken from the test (default: start engines)"),
     "vocab-size": (parse_positive_int, "N", "with --llmperf-endpoint and a synthetic-tokenizer model: its vocabulary "
                    "size, for exact prompt lengths (default: the preset's)"),
+    "endpoint-hardware": (str, "LABEL", "with --llmperf-endpoint: the hardware behind it, e.g. 2xH100-nvlink or "
+                          "cpu-xeon-8488c; part of the fingerprint, and with --llmperf-backend auto a GPU label "
+                          "gives the GPU defaults (default $LLMPERF_ENDPOINT_HARDWARE, else 'unlabelled')"),
+    "api": (_choice("completions", "chat"), "completions|chat", "OpenAI route to drive (default completions)"),
+    "dataset": (str, "SPEC", "prompts from a dataset instead of synthetic t<id> words: jsonl:PATH, sharegpt:PATH or "
+                "dist:IN,OUT (e.g. dist:sharegpt-in,sharegpt-out); see docs/endpoint.md (default: synthetic)"),
+    "server-metrics": (_choice("on", "off"), "on|off", "scrape vLLM's Prometheus /metrics around each run into "
+                       "server_* summary keys; a server without it is noted, not failed (default on)"),
     "engine-args": (str, "'ARGS'", "extra vLLM server arguments for every engine, shell-quoted in one string, "
                     "e.g. '--max-num-seqs 8' (default none)"),
     "engine-env": (str, "K=V,K=V", "extra environment variables for every engine (default none)"),
@@ -130,6 +162,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "far": (parse_fraction, "F", "build-wide false-alarm rate of the regression gate, Holm (default 0.05)"),
     "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1 on gpu, "
                   "0.5 on the noisy shared CPU backend)"),
+    "session-cv": (lambda t: _parse_number(t, float, low=0.0, inclusive=True, what="a number >= 0"), "F",
+                   "prior session-to-session noise (std of logs) of the regression model, worth 4 sessions of "
+                   "evidence; recorded sessions refine it (default 0.05 on gpu, 0.10 on cpu)"),
+    "sessions-kept": (parse_positive_int, "N", "baseline sessions in the rolling window the gate compares "
+                      "with; the first N also form the automatic anchor (default 20)"),
     "results": (str, "PATH", "session results JSON (default .llmperf/results.json)"),
     "report-dir": (str, "DIR", "where plots and the Markdown summary go (default .llmperf/report)"),
     "update-reason": (str, "TEXT", "why the baselines are updated (recorded with them)"),
@@ -140,6 +177,10 @@ FLAGS: dict[str, str] = {
                         "when a metric regressed unless --llmperf-accept-regression",
     "accept-regression": "with --llmperf-update-baselines: absorb a regression (needs --llmperf-update-reason)",
     "no-gate": "measure and report only: SLO and regression verdicts do not fail tests",
+    "no-plots": "write the Markdown summary and results but no plots (faster, e.g. for CI of the plugin itself)",
+    "fail-inconclusive": "an INCONCLUSIVE regression check fails its test (default: reported, not failed)",
+    "require-baseline": "a test without a stored baseline for this fingerprint FAILs (default: NO_BASELINE, "
+                        "reported and passed)",
 }
 
 

@@ -1,13 +1,13 @@
-"""pytest entry point (``pytest11: llmperf``). Thin: options, markers, hooks and fixture wiring.
+"""pytest entry point (``pytest11: llmperf``). Thin: options, markers, hookspecs, fixtures and the default
+implementations of the plugin's own hooks; the session's hooks live on :class:`LLMPerfSession`, registered
+in ``pytest_configure``.
 
 Nothing heavy is imported at module level (no vllm, torch, pynvml, aiohttp, scipy, matplotlib): the session
-object is built in ``pytest_configure`` and imports what it needs when it needs it. Check with
-``python -X importtime -c "import pytest_llmperf.plugin"``.
+object imports what it needs when it needs it. Check with ``python -X importtime -c "import pytest_llmperf.plugin"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,14 +19,16 @@ from pytest_llmperf.fixtures import (  # noqa: F401  (fixtures are registered by
     llmperf_engine,
     llmperf_input_len,
     llmperf_mode,
+    llmperf_request_rate,
     llmperf_session,
 )
 from pytest_llmperf.markers import MARKERS
 from pytest_llmperf.options import add_options
-from pytest_llmperf.session import SESSION_KEY, SWEEP_FIXTURES, get_session
+from pytest_llmperf.session import SESSION_KEY
 
 if TYPE_CHECKING:
     from pytest_llmperf.engine.topology import Topology
+    from pytest_llmperf.stats.verdict import Verdict
 
 __all__ = ["pytest_addoption", "pytest_addhooks", "pytest_configure"]
 
@@ -64,44 +66,14 @@ def pytest_llmperf_detect_topology(config: pytest.Config) -> Topology:
     return detect_topology()
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize the sweep fixtures a test uses (mode, concurrency, input length) from the config."""
-    used = [name for name in SWEEP_FIXTURES if name in metafunc.fixturenames]
-    if not used:
-        return
-    from pytest_llmperf.errors import UsageError
-
-    session = get_session(metafunc.config)
-    for name in used:
-        error = None
-        try:
-            values, ids = session.sweep_values(name, metafunc.definition)
-        except UsageError as exc:  # a bad tp/pp marker: one readable collection error, no traceback
-            error = str(exc)
-        if error is not None:
-            pytest.fail(error, pytrace=False)
-        metafunc.parametrize(name, values, ids=ids, indirect=True)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    get_session(config).plan_items(items)
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    return get_session(config).header_line()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    yield
-    get_session(item.config).after_test(item)
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_llmperf_decide(test_id: str, metric: str, baseline: list[float], candidate: list[float], direction: str,
-                          tolerance: float, alpha: float) -> object:
-    """Default decision: one-sided Welch t-test on log values with a tolerance (stats/regression.py)."""
-    from pytest_llmperf.stats.regression import decide
+                          tolerance: float, alpha: float, baseline_sessions: list[str] | None = None,
+                          session_cv: float = 0.0, kind: str = "regression", label: str = "",
+                          pass_alpha: float | None = None) -> Verdict:
+    """Default decision: the session model's minimum-effect / equivalence test on logs (stats/decision.py)."""
+    from pytest_llmperf.stats.decision import decide
 
-    return decide(metric, baseline, candidate, direction=direction, tolerance=tolerance, alpha=alpha, test_id=test_id)
+    return decide(metric, baseline, candidate, direction=direction, tolerance=tolerance, alpha=alpha,
+                  test_id=test_id, baseline_sessions=baseline_sessions, session_cv=session_cv, kind=kind, label=label,
+                  pass_alpha=pass_alpha)

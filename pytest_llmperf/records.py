@@ -77,6 +77,8 @@ class RunResult:
     metrics: dict[str, Any]
     power: dict[str, Any] | None = None
     requests: list[RequestRecord] = field(default_factory=list)
+    #: the server's side of the run (``ServerMetrics.to_dict()`` from vLLM's /metrics; None when not scraped)
+    server: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +96,9 @@ class TestResult:
     runs: list[RunResult] = field(default_factory=list)
     engine_startup_s: float | None = None
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    #: the gate settings the test was judged with (``GateSettings.to_dict()``), so a later
+    #: ``llmperf baseline update`` judges exactly what the test gated
+    gate: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

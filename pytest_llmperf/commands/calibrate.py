@@ -2,7 +2,8 @@
 
 The regression gate compares K runs with K runs; how many it needs depends on the run-to-run noise of each
 metric on *this* machine. Calibrate measures it: it starts one engine (or uses ``--endpoint``), runs the same
-workload ``--runs`` times, and prints per metric the median, the coefficient of variation (std of logs) and the
+workload ``--runs`` times (run k with seed k: fresh prompts each run, like the gate's runs), and prints per
+metric the median, the coefficient of variation (std of logs) and the
 runs per side needed to detect a change of ``--delta`` at the per-check false-alarm rate ``--alpha`` with 80%
 power. ``--json`` keeps every run's summary.
 """
@@ -48,7 +49,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def calibrate(server: Any, *, runs: int, concurrency: int, num_requests: int, input_len: int, output_len: int,
               vocab_size: int | None) -> list[dict[str, float]]:
-    """``runs`` identical runs (same seed, same prompts) on ``server``; one summary dict per run."""
+    """``runs`` runs of one workload on ``server``, each with its own seed (run k uses seed k), so no run replays
+    another's prompts (prefix caching would flatter the repeats); one summary dict per run."""
     from pytest_llmperf.load.runner import run_load
     from pytest_llmperf.load.workload import Workload
     from pytest_llmperf.stats.metrics import compute_run_metrics, run_summary
@@ -56,7 +58,7 @@ def calibrate(server: Any, *, runs: int, concurrency: int, num_requests: int, in
     summaries = []
     for k in range(runs):
         workload = Workload(num_requests=num_requests, input_len=input_len, output_len=output_len,
-                            concurrency=concurrency, warmup_requests=concurrency if k == 0 else 0, seed=0)
+                            concurrency=concurrency, warmup_requests=concurrency if k == 0 else 0, seed=k)
         load = run_load(server.endpoint, server.served_model_name, workload, vocab_size=vocab_size or 32000)
         server.check_alive()
         metrics = compute_run_metrics(load.records, load.duration_s)

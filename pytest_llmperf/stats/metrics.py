@@ -18,16 +18,17 @@ from pytest_llmperf.errors import UsageError
 
 if TYPE_CHECKING:
     from pytest_llmperf.records import RequestRecord
-    from pytest_llmperf.stats.slo import SLO
 
 __all__ = [
     "Distribution",
     "RunMetrics",
+    "GoodputLimits",
     "compute_run_metrics",
     "run_summary",
     "METRIC_DIRECTIONS",
     "SUMMARY_KEYS",
     "POWER_KEY_PATTERNS",
+    "SERVER_KEYS_LOWER",
     "direction_of",
 ]
 
@@ -43,6 +44,14 @@ POWER_KEY_PATTERNS: tuple[str, ...] = (
     "gpu{i}_power_mean_w", "gpu{i}_power_cv", "gpu{i}_power_peak_w", "gpu{i}_energy_j", "gpu{i}_idle_share",
 )  # fmt: skip
 
+#: Server-side summary keys (telemetry/server_metrics.py) for which lower is better; ``server_running_peak`` and
+#: ``server_requests`` are informational (no direction: not gateable).
+SERVER_KEYS_LOWER: tuple[str, ...] = (
+    "server_ttft_mean_ms", "server_ttft_p50_ms", "server_ttft_p95_ms", "server_e2el_mean_ms",
+    "server_queue_time_mean_ms", "server_queue_time_p95_ms", "server_prefill_time_mean_ms",
+    "server_decode_time_mean_ms", "server_kv_cache_usage_peak_pct", "server_preemptions", "server_waiting_peak",
+)  # fmt: skip
+
 #: "lower" or "higher" is better, for every summary key, the per-GPU power patterns and energy per token.
 METRIC_DIRECTIONS: dict[str, str] = {
     **{k: "lower" for k in SUMMARY_KEYS if "_ms" in k},
@@ -52,6 +61,13 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "failed": "lower",
     **{k: "lower" for k in POWER_KEY_PATTERNS},
     "energy_per_output_token_j": "lower",
+    # goodput as an SLO and the saturation search (load/saturation.py)
+    "slo_attainment": "higher",
+    "max_rate_at_slo_req_s": "higher",
+    "max_concurrency_at_slo": "higher",
+    "slo_attainment_at_max": "higher",
+    # the server's side of a run, from vLLM's /metrics (telemetry/server_metrics.py)
+    **{k: "lower" for k in SERVER_KEYS_LOWER},
 }
 
 _GPU_PREFIX = re.compile(r"^gpu\d+_")
@@ -97,6 +113,16 @@ class Distribution:
 
 
 @dataclass(frozen=True)
+class GoodputLimits:
+    """Per-request limits that define goodput, in ms; ``None`` means no limit. A request counts toward
+    goodput when it meets every limit that is set (``SLO.goodput()`` gives a test's)."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     """Everything one measured run yields. Latency distributions are in ms; ``None`` means no data."""
 
@@ -111,9 +137,12 @@ class RunMetrics:
     failed: int
     total_output_tokens: int
     duration_s: float
+    #: fraction of all requests (failed ones count as misses) that succeeded and met every per-request limit;
+    #: None when no limit is set (goodput as an SLO: ``min_slo_attainment``)
+    slo_attainment: float | None = None
 
 
-def _meets(record: RequestRecord, slo: SLO) -> bool:
+def _meets(record: RequestRecord, slo: GoodputLimits) -> bool:
     """Whether one successful request meets every per-request limit that ``slo`` sets."""
     if slo.ttft_ms is not None and (record.ttft_ms is None or record.ttft_ms > slo.ttft_ms):
         return False
@@ -123,13 +152,15 @@ def _meets(record: RequestRecord, slo: SLO) -> bool:
     return not (slo.tpot_ms is not None and tpot is not None and tpot > slo.tpot_ms)
 
 
-def compute_run_metrics(records: Sequence[RequestRecord], duration_s: float, slo: SLO | None = None) -> RunMetrics:
+def compute_run_metrics(records: Sequence[RequestRecord], duration_s: float,
+                        slo: GoodputLimits | None = None) -> RunMetrics:
     """Reduce one run's request records to :class:`RunMetrics`.
 
     ``duration_s`` is the measured window (first send to last finish); throughputs divide by it.
     TTFT, E2EL, TPOT and ITL use successful requests only; ITL pools every token gap of every request
-    (token-weighted). Goodput counts successful requests meeting every per-request limit of ``slo``
-    (``ttft_ms``, ``tpot_ms``, ``e2el_ms``) and is ``None`` when ``slo`` sets none of them.
+    (token-weighted). Goodput counts successful requests meeting every per-request limit of ``slo`` (the
+    :class:`GoodputLimits` ``ttft_ms``, ``tpot_ms``, ``e2el_ms``) and is ``None`` when it sets none of them;
+    ``slo_attainment`` is that count over all requests sent (failed ones count as misses).
     """
     if not math.isfinite(duration_s) or duration_s <= 0:
         raise UsageError(f"compute_run_metrics: duration_s must be a positive number of seconds, got {duration_s!r}")
@@ -140,8 +171,11 @@ def compute_run_metrics(records: Sequence[RequestRecord], duration_s: float, slo
     itl = [gap for r in ok for gap in r.itl_ms]
     tokens = sum(r.output_tokens for r in ok)
     goodput: float | None = None
+    attainment: float | None = None
     if slo is not None and (slo.ttft_ms is not None or slo.tpot_ms is not None or slo.e2el_ms is not None):
-        goodput = sum(1 for r in ok if _meets(r, slo)) / duration_s if ok else None
+        good = sum(1 for r in ok if _meets(r, slo))
+        goodput = good / duration_s if ok else None
+        attainment = good / len(records) if records else None
     return RunMetrics(
         ttft_ms=Distribution.of(ttft),
         tpot_ms=Distribution.of(tpot),
@@ -154,6 +188,7 @@ def compute_run_metrics(records: Sequence[RequestRecord], duration_s: float, slo
         failed=len(records) - len(ok),
         total_output_tokens=tokens,
         duration_s=float(duration_s),
+        slo_attainment=attainment,
     )
 
 
@@ -170,7 +205,7 @@ def run_summary(m: RunMetrics) -> dict[str, float]:
         if dist is not None:
             for p in pcts:
                 out[f"{name}_{p}_ms"] = getattr(dist, p)
-    for key in ("output_throughput_tok_s", "request_throughput_req_s", "goodput_req_s"):
+    for key in ("output_throughput_tok_s", "request_throughput_req_s", "goodput_req_s", "slo_attainment"):
         value = getattr(m, key)
         if value is not None:
             out[key] = float(value)

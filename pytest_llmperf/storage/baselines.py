@@ -1,10 +1,15 @@
 """Baselines on disk: ``<root>/<hardware_id>/<safe test id>.json``, one JSON document per test.
 
-A baseline keeps the raw per-run summaries (so later statistics stay possible), the full fingerprint,
-provenance (commit, date, engine, command, who and why) and optionally each metric's run-to-run noise.
+A baseline keeps the raw per-run summaries (so later statistics stay possible), the session each run
+came from (``run_sessions``, with ``sessions[id]`` = date, commit, machine), the full fingerprint,
+provenance (commit, date, engine, command, who and why), each metric's run-to-run noise (informational),
+and an ``anchor``: the runs of a pinned reference (a release, or the first sessions ever recorded) that
+creep is measured against. Files written before sessions were stored have no ``run_sessions``: all their
+runs count as one session named ``legacy`` (they carry no per-run date to group by).
 Reads validate every field and raise :class:`~pytest_llmperf.errors.BaselineError` naming the file and
-the field; writes are atomic (temporary file in the same folder, then ``os.replace``) and serialised
-by an ``flock`` on ``<hardware_id>/.lock``, so racing writers never tear or interleave a file.
+the field; writes are atomic (temporary file in the same folder, then ``os.replace``). A read-merge-write
+runs inside :meth:`BaselineStore.transaction`: one ``flock`` on ``<hardware_id>/.lock`` held from the read
+to the last write, so parallel updaters (pytest sessions, ``llmperf baseline update``) lose nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import Any
 
 from pytest_llmperf.errors import BaselineError
 
-__all__ = ["Baseline", "Provenance", "BaselineStore", "BASELINE_SCHEMA_VERSION", "safe_file_name"]
+__all__ = ["Baseline", "Provenance", "BaselineStore", "BASELINE_SCHEMA_VERSION", "LEGACY_SESSION", "safe_file_name"]
 
 BASELINE_SCHEMA_VERSION = 1
+LEGACY_SESSION = "legacy"  #: session id of runs recorded before sessions were stored (the same as stats/decision.py's)
 _LOCK_NAME = ".lock"
 
 
@@ -65,9 +71,26 @@ class Baseline:
     provenance: Provenance = field(default_factory=Provenance)
     noise: dict[str, float] | None = None
     schema_version: int = BASELINE_SCHEMA_VERSION
+    run_sessions: list[str] | None = None  #: session id of each run (None: a legacy file, one session)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  #: id -> date_utc, commit, machine
+    anchor: dict[str, Any] | None = None  #: {"label", "pinned_utc", "auto", "runs", "run_sessions"}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def session_ids(self) -> list[str]:
+        """The session of each run; a legacy file's runs all belong to session ``legacy``."""
+        if self.run_sessions is None:
+            return [LEGACY_SESSION] * len(self.runs)
+        return list(self.run_sessions)
+
+    def anchor_runs(self) -> tuple[list[dict[str, float]], list[str], str] | None:
+        """``(runs, their session ids, label)`` of the pinned anchor, or None when there is none."""
+        if not self.anchor or not self.anchor.get("runs"):
+            return None
+        runs = self.anchor["runs"]
+        sessions = self.anchor.get("run_sessions") or [LEGACY_SESSION] * len(runs)
+        return list(runs), list(sessions), str(self.anchor.get("label") or "first sessions")
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<baseline>") -> Baseline:
@@ -120,6 +143,24 @@ class Baseline:
             for key, value in noise.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                     raise bad(f"noise.{key}", "must be a non-negative number", value)
+        run_sessions = d.get("run_sessions")
+        if run_sessions is not None and (not isinstance(run_sessions, list) or len(run_sessions) != len(runs)
+                                         or not all(isinstance(x, str) and x for x in run_sessions)):
+            raise bad("run_sessions", f"must be a list of {len(runs)} session id strings (one per run)", run_sessions)
+        sessions = d.get("sessions", {})
+        if not isinstance(sessions, dict) or not all(isinstance(v, dict) for v in sessions.values()):
+            raise bad("sessions", "must be an object of session id -> {date_utc, commit, machine}", sessions)
+        anchor = d.get("anchor")
+        if anchor is not None:
+            if not isinstance(anchor, dict) or not isinstance(anchor.get("runs"), list):
+                raise bad("anchor", "must be an object with a list 'runs'", anchor)
+            for i, run in enumerate(anchor["runs"]):
+                if not isinstance(run, dict) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in run.values()):
+                    raise bad(f"anchor.runs[{i}]", "must be an object of metric -> finite number", run)
+            a_sessions = anchor.get("run_sessions")
+            if a_sessions is not None and (not isinstance(a_sessions, list) or len(a_sessions) != len(anchor["runs"])):
+                raise bad("anchor.run_sessions", "must be a list with one session id per anchor run", a_sessions)
         return cls(
             schema_version=version,
             test_id=d["test_id"],
@@ -127,6 +168,9 @@ class Baseline:
             runs=[{k: float(v) for k, v in run.items()} for run in runs],
             provenance=Provenance(**{k: v for k, v in prov.items() if k in known}),
             noise=None if noise is None else {k: float(v) for k, v in noise.items()},
+            run_sessions=None if run_sessions is None else list(run_sessions),
+            sessions={str(k): dict(v) for k, v in sessions.items()},
+            anchor=None if anchor is None else dict(anchor),
         )
 
 
@@ -164,8 +208,13 @@ class BaselineStore:
 
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / _LOCK_NAME, "a+b") as lock:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = open(folder / _LOCK_NAME, "a+b")  # noqa: SIM115 - closed below, after the unlock
+        except OSError as exc:
+            raise BaselineError(f"baseline folder {folder} is not writable ({exc.strerror or exc}); "
+                                f"check its permissions or choose another with --llmperf-baseline-dir") from exc
+        with lock:
             try:
                 import fcntl
             except ImportError:  # pragma: no cover - Windows: os.replace alone is still atomic
@@ -176,6 +225,18 @@ class BaselineStore:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def transaction(self, hardware_id: str) -> Iterator[BaselineStore]:
+        """Hold the folder's lock from the first read to the last write: ``with store.transaction(hw) as tx:``
+        then ``tx.load`` / ``tx.save``. One process's read-merge-write never interleaves with another's."""
+        self.path(hardware_id, "x")  # validates the folder name
+        with self._locked(self.root / hardware_id):
+            inner = BaselineStore(self.root)
+            inner._held = True
+            yield inner
+
+    _held = False
 
     def save(self, baseline: Baseline, hardware_id: str | None = None) -> Path:
         """Write atomically; ``hardware_id`` defaults to the baseline fingerprint's. Returns the file path."""
@@ -190,8 +251,12 @@ class BaselineStore:
         Baseline.from_dict(baseline.to_dict(), source=f"baseline of {baseline.test_id!r}")  # refuse to write junk
         path = self.path(hardware_id, baseline.test_id)
         payload = json.dumps(baseline.to_dict(), indent=2, sort_keys=True) + "\n"
-        with self._locked(path.parent):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        lock = contextlib.nullcontext() if self._held else self._locked(path.parent)
+        with lock:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                raise BaselineError(f"{path.parent}: cannot write baselines there ({exc.strerror or exc})") from exc
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(payload)

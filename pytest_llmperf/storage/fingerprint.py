@@ -12,12 +12,12 @@ import os
 import platform
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pytest_llmperf.errors import UsageError
 
-__all__ = ["fingerprint_for_test", "Fingerprint", "collect_cpu_facts", "slug"]
+__all__ = ["fingerprint_for_test", "Fingerprint", "collect_cpu_facts", "slug", "assemble_fingerprint"]
 
 _INTERCONNECTS = ("nvlink", "pcie", "pcie-emulated", "none")
 
@@ -51,6 +51,9 @@ class Fingerprint:
     interconnect: str = "none"
     driver: str | None = None
     cuda: str | None = None
+    #: keys a project adds through the ``pytest_llmperf_update_fingerprint`` hook (e.g. a runner label):
+    #: they name the baseline folder and a difference in them is a MISMATCH, like any other field
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.backend not in ("cpu", "gpu"):
@@ -97,18 +100,19 @@ class Fingerprint:
                 f"gpu-{self.gpu_count}x{slug(self.gpu_model or 'unknown', hardware=True)}-{self.interconnect}"
                 f"-drv{slug(self.driver or 'unknown')}-cuda{slug(self.cuda or 'unknown')}"
             )
-        return re.sub(r"[^a-z0-9._-]", "-", f"{hw}_{engine}")
+        tail = "".join(f"_{slug(str(k))}-{slug(str(v))}" for k, v in sorted(self.extra.items()))
+        return re.sub(r"[^a-z0-9._-]", "-", f"{hw}_{engine}{tail}")
 
     def differences(self, other: Fingerprint) -> list[str]:
         """Human-readable field differences, e.g. ``["gpu_count: 2 != 1"]``; empty when they match."""
-        return [
-            f"{f.name}: {getattr(self, f.name)} != {getattr(other, f.name)}"
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
-        ]
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a.get(k)} != {b.get(k)}" for k in list(a) + [k for k in b if k not in a] if a.get(k) != b.get(k)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Flat: the fields, then the ``extra`` keys beside them (as the update hook wrote them)."""
+        out = asdict(self)
+        extra = out.pop("extra")
+        return {**out, **extra}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "fingerprint") -> Fingerprint:
@@ -121,7 +125,11 @@ class Fingerprint:
             value = d.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"{source}: field {name!r} must be an integer, got {value!r}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        extra = {k: v for k, v in d.items() if k not in known and k != "extra"}
+        for key, value in extra.items():
+            if not isinstance(value, (str, int, float, bool)) and value is not None:
+                raise UsageError(f"{source}: extra fingerprint key {key!r} must be a string or number, got {value!r}")
+        return cls(**{k: v for k, v in d.items() if k in known and k != "extra"}, extra=extra)
 
 
 def collect_cpu_facts() -> dict[str, Any]:
@@ -148,3 +156,17 @@ def fingerprint_for_test(session_fp: Fingerprint, engine: Mapping[str, Any]) -> 
     """The session's (hardware) fingerprint specialised to one test's engine: model, dtype, tp, pp."""
     overrides = {k: engine[k] for k in ("model", "dtype", "tp", "pp") if engine.get(k) is not None}
     return Fingerprint.from_dict({**session_fp.to_dict(), **overrides})
+
+
+def assemble_fingerprint(*, engine_version: str, model: str | None, dtype: str | None,
+                         gpu_facts: Mapping[str, Any] | None, update: Any = None,
+                         cpu_facts: Mapping[str, Any] | None = None) -> Fingerprint:
+    """The session fingerprint: ``engine_version`` as ``"vllm 0.26.0"``, the topology layer's GPU facts, this
+    machine's CPU facts, then ``update(fingerprint_dict)`` (the ``pytest_llmperf_update_fingerprint`` hook),
+    whose added or changed keys are kept (added keys land in :attr:`Fingerprint.extra`)."""
+    engine, _, version = engine_version.partition(" ")
+    base = Fingerprint.build(engine=engine, engine_version=version, model=model, dtype=dtype,
+                             cpu_facts=cpu_facts, gpu_facts=gpu_facts).to_dict()
+    if update is not None:
+        update(base)
+    return Fingerprint.from_dict(base, "fingerprint after pytest_llmperf_update_fingerprint")

@@ -223,5 +223,6 @@ def test_report_header_line(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "llmperf: backend cpu, no GPU (CPU backend) [[]from LLMPERF_TOPOLOGY[]], model tiny-llama, "
-        "modes single,pp2, concurrency 1,4, input 32 -> output 8 tokens, K=3 runs, FAR 0.05, tolerance 50%; "
+        "modes single,pp2, concurrency 1,4, input 32 -> output 8 tokens, K=3 runs, FAR 0.05, tolerance 50%, "
+        "session CV prior 10%; "
         "CPU backend: no GPU interconnect*"])

@@ -122,7 +122,8 @@ def test_two_gpus_over_nvlink_emulate_pcie_for_the_pcie_suite(inner: pytest.Pyte
     result = run(inner, "2xH200:nvlink")
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(["llmperf: backend gpu, 2 x H200, NVLink (NVLink)*; "
-                                 "PCIe emulated on NVLink: NCCL_P2P_DISABLE=1, custom all-reduce off"])
+                                 "PCIe emulated on NVLink: NCCL P2P/NVLS off, custom and symmetric-memory all-reduce "
+                                 "off, all-reduce fusion off (proven from the engine log)"])
     result.stdout.fnmatch_lines_random([
         "*SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=True devices=(0, 1)",
         "*SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",

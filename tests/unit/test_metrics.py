@@ -102,3 +102,22 @@ def test_metrics_invariant_to_record_order(records: list[RequestRecord], rnd) ->
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-12), key
+
+
+def test_slo_attainment_counts_failed_requests_as_misses() -> None:
+    m = compute_run_metrics(RECORDS, 2.0, SLO(ttft_ms=25))
+    assert m.slo_attainment == pytest.approx(2 / 4)  # 2 of 3 successes meet it; the failed one is a miss
+    assert run_summary(m)["slo_attainment"] == pytest.approx(0.5)
+    assert compute_run_metrics(RECORDS, 2.0).slo_attainment is None
+    assert "slo_attainment" not in run_summary(compute_run_metrics(RECORDS, 2.0))
+    assert direction_of("slo_attainment") == "higher" and direction_of("server_preemptions") == "lower"
+
+
+@settings(max_examples=60)
+@given(st.lists(record_st, min_size=1, max_size=15), st.floats(1.0, 1e4), st.floats(0.1, 100.0))
+def test_slo_attainment_is_goodput_over_requests_sent(records: list[RequestRecord], limit_ms: float,
+                                                      duration_s: float) -> None:
+    m = compute_run_metrics(records, duration_s, SLO(ttft_ms=limit_ms))
+    assert m.slo_attainment is not None
+    assert 0.0 <= m.slo_attainment <= m.completed / len(records)
+    assert m.slo_attainment == pytest.approx((m.goodput_req_s or 0.0) * duration_s / len(records))

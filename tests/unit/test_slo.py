@@ -73,3 +73,21 @@ def test_calibration_table() -> None:
     assert by["ttft_p95_ms"]["median"] == 450.0 and by["ttft_p95_ms"]["k"] == 3
     assert by["failed"]["cv"] is None and by["failed"]["runs_needed"] is None
     assert by["output_throughput_tok_s"]["runs_needed"] >= 2
+
+
+def test_goodput_and_server_limits() -> None:
+    slo = SLO.from_mapping({"ttft_ms": 100, "min_slo_attainment": 0.9, "max_preemptions": 0})
+    runs = [{"slo_attainment": 0.95, "server_preemptions": 0.0}, {"slo_attainment": 0.85, "server_preemptions": 2.0},
+            {"slo_attainment": 0.97, "server_preemptions": 0.0}]
+    verdicts = {v.metric: v for v in check_slo(slo, "t", runs)}
+    assert verdicts["slo_attainment"].verdict == "PASS"  # the median, 0.95
+    assert verdicts["server_preemptions"].verdict == "FAIL"  # the worst run: one preempting run breaks it
+    assert verdicts["server_preemptions"].candidate_value == 2.0
+    with pytest.raises(UsageError, match="fraction of requests in"):
+        SLO.from_mapping({"min_slo_attainment": 1.5})
+    with pytest.raises(UsageError, match="whole number"):
+        SLO.from_mapping({"max_preemptions": 0.5})
+    (skipped,) = check_slo(SLO(min_slo_attainment=0.9), "t", [{"ttft_p95_ms": 1.0}])
+    assert skipped.verdict == "SKIPPED" and "per-request limit" in skipped.message
+    (floor,) = check_slo(SLO(min_max_rate_at_slo_req_s=20), "t", [{"max_rate_at_slo_req_s": 16.0}] * 3)
+    assert floor.verdict == "FAIL" and floor.metric == "max_rate_at_slo_req_s"

@@ -16,6 +16,7 @@ from pytest_llmperf.commands import baseline as baseline_cmd
 from pytest_llmperf.commands import compare as compare_cmd
 from pytest_llmperf.commands.baseline import update_baselines
 from pytest_llmperf.errors import BaselineError, LLMPerfError, UsageError
+from pytest_llmperf.gate.settings import GateSettings
 from pytest_llmperf.storage.baselines import Baseline, BaselineStore, Provenance, safe_file_name
 from pytest_llmperf.storage.fingerprint import Fingerprint
 
@@ -162,13 +163,16 @@ def results(values: list[float], test_id: str = TEST_ID) -> dict:
     return {"schema_version": 1, "fingerprint": fp, "tests": [{"test_id": test_id, "runs": runs}], "verdicts": []}
 
 
+#: the gate of these tests: one metric, 5% tolerance, no session-noise prior (the golden file is one session)
+OLD = GateSettings(metrics=None, default_metrics=("ttft_p95_ms",), tolerance=0.05, family_alpha=0.05, session_cv=0.0)
+
+
 def test_update_baselines_guarded(tmp_path: Path) -> None:
     store, _ = golden_store(tmp_path, "valid_baseline.json")
-    kw = dict(user="tester", commit="abc", command="llmperf baseline update r.json")
+    kw = dict(user="tester", commit="abc", command="llmperf baseline update r.json", settings=OLD)
     refused = update_baselines(results([130.0, 131.0, 129.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
     assert refused.refused and refused.written == [] and store.load(HW, TEST_ID).runs[0]["ttft_p95_ms"] == 100.0
-    assert {v.metric: v.verdict for v in refused.verdicts} == {
-        "ttft_p95_ms": "FAIL", "tpot_p50_ms": "SKIPPED", "output_throughput_tok_s": "SKIPPED"}  # not in the new runs
+    assert {v.metric: v.verdict for v in refused.verdicts} == {"ttft_p95_ms": "FAIL"}  # the gated metric only
     with pytest.raises(UsageError, match="non-empty --reason"):
         update_baselines(results([130.0]), store, accept_regression=True, reason=" ", dry_run=False)
     dry = update_baselines(results([130.0, 131.0, 129.0]), store, accept_regression=True, reason="bigger model", dry_run=True, **kw)
@@ -178,7 +182,7 @@ def test_update_baselines_guarded(tmp_path: Path) -> None:
     assert done.written and b.runs[0]["ttft_p95_ms"] == 130.0 and b.noise is not None
     assert (b.provenance.user, b.provenance.reason, b.provenance.accepted_regression, b.provenance.commit) == ("tester", "bigger model", True, "abc")
     other = update_baselines(results([1.0], "t::other"), store, accept_regression=False, reason=None, dry_run=True, **kw)
-    assert other.new_tests == ["t::other"] and other.stale == [TEST_ID]
+    assert other.not_recorded and other.stale == [TEST_ID]  # K=1 < 3: never recorded
 
 
 def test_compare_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,11 +190,12 @@ def test_compare_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     a.write_text(json.dumps(results([100.0, 102.0, 98.0])))
     b.write_text(json.dumps(results([123.0, 125.0, 121.0])))
     c.write_text(json.dumps(results([100.0, 101.0, 99.5, 100.5])))
-    assert cli_main(["compare", str(a), str(b)]) == 1
+    assert cli_main(["compare", str(a), str(b), "--tolerance", "0.05", "--session-cv", "0"]) == 1
     out = capsys.readouterr().out
     assert "FAIL perf_tests/test_pcie.py::test_serving[pp2-c8-in256] ttft_p95_ms +23.0% (90% CI" in out
-    assert cli_main(["compare", str(a), str(c), "--tolerance", "0.2"]) == 0
-    assert cli_main(["compare", str(GOLDEN / "valid_baseline.json"), str(b), "--metric", "ttft_p95_ms"]) == 1
+    assert cli_main(["compare", str(a), str(c), "--tolerance", "0.2", "--session-cv", "0"]) == 0
+    assert cli_main(["compare", str(GOLDEN / "valid_baseline.json"), str(b), "--metric", "ttft_p95_ms",
+                     "--tolerance", "0.05", "--session-cv", "0"]) == 1
     assert cli_main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
     assert "missing.json: cannot read" in capsys.readouterr().err
 
@@ -201,22 +206,18 @@ def test_baseline_update_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert cli_main(["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl")]) == 0
     assert "new baseline: " + TEST_ID in capsys.readouterr().out
     r.write_text(json.dumps(results([150.0, 151.0, 149.0])))
-    assert cli_main(["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl")]) == 1
-    assert "refused: 1 regression(s)" in capsys.readouterr().out
+    assert cli_main(["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl"),
+                     "--tolerance", "0.05", "--session-cv", "0"]) == 1
+    assert "refused: 1 regression(s) (" in capsys.readouterr().out
 
 
 def test_update_accumulates_runs_across_sessions_and_restarts_after_an_accepted_regression(tmp_path: Path) -> None:
-    from pytest_llmperf.commands.baseline import MAX_BASELINE_RUNS
-
     store, _ = golden_store(tmp_path, "valid_baseline.json")
-    kw = dict(user="tester", commit="abc", command="c", metrics=["ttft_p95_ms"])
+    kw = dict(user="tester", commit="abc", command="c", settings=OLD)
     before = [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs]
     same = update_baselines(results([100.5, 99.5, 100.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
     assert not same.refused
     after = [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs]
     assert after == before + [100.5, 99.5, 100.0]  # a second session's runs join the first's
-    for _ in range(5):
-        update_baselines(results([100.0, 101.0, 99.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
-    assert len(store.load(HW, TEST_ID).runs) == MAX_BASELINE_RUNS  # oldest runs drop out
     update_baselines(results([150.0, 151.0, 149.0]), store, accept_regression=True, reason="new model", dry_run=False, **kw)
     assert [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs] == [150.0, 151.0, 149.0]  # starts afresh
