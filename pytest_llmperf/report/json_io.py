@@ -1,6 +1,8 @@
 """Read and write the session results JSON (the stable schema ``llmperf report`` consumes).
 
-The file is written once per session by the session layer and read back by ``llmperf report``. Writes are
+The file is written once per session by the session layer (and by ``llmperf run --json``) and read back by
+``llmperf report``, ``compare`` and ``baseline update``; :func:`load_results_any` also converts the older
+``llmperf run --json`` documents (``endpoint``/``metrics``/``requests`` without ``schema_version``). Writes are
 atomic (a temporary file in the same folder, fsync, ``os.replace``), so a killed job never leaves half a
 file. Reads check ``schema_version`` and every required key and raise errors that name the file and key.
 The schema is documented in ``docs/reports.md``.
@@ -19,13 +21,16 @@ from pytest_llmperf.errors import BaselineError, UsageError
 from pytest_llmperf.records import SCHEMA_VERSION
 
 __all__ = [
-    "write_results",
-    "read_results",
-    "validate_results",
-    "REQUIRED_TOP_KEYS",
-    "REQUIRED_TEST_KEYS",
     "REQUIRED_RUN_KEYS",
+    "REQUIRED_TEST_KEYS",
+    "REQUIRED_TOP_KEYS",
     "REQUIRED_VERDICT_KEYS",
+    "load_results_any",
+    "merge_results",
+    "read_results",
+    "results_from_run_report",
+    "validate_results",
+    "write_results",
 ]
 
 REQUIRED_TOP_KEYS = ("schema_version", "created_unix_s", "header", "fingerprint", "tests", "verdicts")
@@ -142,9 +147,125 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"results file {p} does not exist (write one with pytest --llmperf-results {p})")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(p))
     except json.JSONDecodeError as exc:
         raise BaselineError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise BaselineError(f"cannot read results file {p}: {exc}") from exc
     return validate_results(data, p)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; ``*.gz`` files are gunzipped (the study's recorded sessions are kept compressed)."""
+    if path.suffix == ".gz":
+        import gzip
+
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            return fh.read()
+    return path.read_text(encoding="utf-8")
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several sessions (e.g. a study recorded in parts): the first file's header and
+    fingerprint, every file's tests, verdicts, notes, study lines and traces, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = dict(parts[0])
+    merged["created_unix_s"] = min(float(p["created_unix_s"]) for p in parts)
+    for key in ("verdicts", "notes", "study_lines"):
+        merged[key] = [item for p in parts for item in p.get(key) or []]
+    merged["tests"] = _tests_labelled_by_link(parts)
+    merged["telemetry_traces"] = {k: v for p in parts for k, v in (p.get("telemetry_traces") or {}).items()}
+    starts = [s for p in parts for s in (p.get("header") or {}).get("engine_starts") or []]
+    merged["header"] = {**parts[0]["header"], "engine_starts": starts}
+    return merged
+
+
+def _tests_labelled_by_link(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every part's tests; when the parts mix links (an NVLink and an emulated-PCIe session), each multi-GPU
+    engine's display label names its link (``tp2 (PCIe emulated)``, ``tp2 (nvlink)``) so tables and plots keep
+    both instead of one hiding the other."""
+    from pytest_llmperf.report.study import link_of
+
+    rows = [(test, link_of(test, p.get("fingerprint") or {})) for p in parts for test in p.get("tests") or []]
+    links = {link for _, link in rows if link != "one GPU"}
+    if len(links) < 2:
+        return [test for test, _ in rows]
+    from pytest_llmperf.report.terminal import mode_label
+
+    out = []
+    for test, link in rows:
+        engine = dict(test.get("engine") or {})
+        if link != "one GPU":
+            engine["label"] = f"{mode_label(engine)} ({link})"
+        out.append({**test, "engine": engine})
+    return out
+
+
+#: summary key -> (metric of an old ``llmperf run --json`` document, distribution field)
+_RUN_SUMMARY_KEYS = {
+    **{f"ttft_p{q}_ms": ("ttft_ms", f"p{q}") for q in (50, 90, 95, 99)},
+    "tpot_p50_ms": ("tpot_ms", "p50"), "tpot_p95_ms": ("tpot_ms", "p95"),
+    "itl_p50_ms": ("itl_ms", "p50"), "itl_p99_ms": ("itl_ms", "p99"),
+    "e2el_p50_ms": ("e2el_ms", "p50"), "e2el_p95_ms": ("e2el_ms", "p95"),
+}
+
+
+def results_from_run_report(doc: dict[str, Any], path: str | os.PathLike[str] = "<run>") -> dict[str, Any]:
+    """A results dict (one test, one run) from an ``llmperf run --json`` document of the older format."""
+    p = Path(path)
+    try:
+        metrics, workload, model = doc["metrics"], doc["workload"], str(doc["model"])
+        summary: dict[str, float | None] = {}
+        for key, (metric, field) in _RUN_SUMMARY_KEYS.items():
+            dist = metrics.get(metric)
+            summary[key] = None if not dist else dist.get(field)
+        for key in ("output_throughput_tok_s", "request_throughput_req_s"):
+            summary[key] = metrics.get(key)
+        summary["failed"] = float(metrics.get("failed") or 0)
+        window = doc.get("window") or {"start_unix_s": 0.0, "end_unix_s": float(metrics.get("duration_s") or 0)}
+        rate = f"-r{workload['request_rate']:g}" if workload.get("request_rate") else ""
+        test_id = (f"llmperf-run::run[{model}-c{workload['concurrency']}-in{workload['input_len']}"
+                   f"-out{workload['output_len']}{rate}]")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{p}: not an llmperf run --json document (missing or malformed {exc})") from None
+    return {
+        "schema_version": SCHEMA_VERSION, "created_unix_s": float(window["start_unix_s"]),
+        "header": {"topology": f"external endpoint {doc.get('endpoint')}", "engine_version": "unknown",
+                   "emulation": None, "backend": "external", "endpoint": doc.get("endpoint"), "model": model},
+        "fingerprint": {"backend": "cpu", "engine": "endpoint", "engine_version": "unknown", "model": model},
+        "tests": [{"test_id": test_id, "engine": {"mode": "single", "tp": 1, "pp": 1, "backend": "external",
+                                                  "model": model},
+                   "workload": {k: v for k, v in workload.items() if k != "timeout_s"},
+                   "runs": [{"run_index": 0, "window": window, "summary": {k: v for k, v in summary.items()
+                                                                          if v is not None},
+                             "requests": doc.get("requests") or []}],
+                   "engine_startup_s": None, "verdicts": []}],
+        "verdicts": [],
+    }
+
+
+def load_results_any(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A validated results dict from a session results file or any ``llmperf run --json`` document.
+
+    Raises :class:`UsageError` naming the file for a missing file, invalid JSON or another kind of document
+    (e.g. a baseline file, which the callers read themselves).
+    """
+    p = Path(path)
+    try:
+        data = json.loads(_read_text(p))
+    except FileNotFoundError:
+        raise UsageError(f"{p} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise UsageError(f"{p}: cannot read: {exc}") from None
+    if isinstance(data, dict) and "schema_version" in data:
+        try:
+            return validate_results(data, p)
+        except BaselineError as exc:
+            raise UsageError(str(exc)) from None
+    if isinstance(data, dict) and {"metrics", "workload", "model"} <= set(data):
+        return validate_results(results_from_run_report(data, p), p)
+    raise UsageError(f"{p}: neither a results file (pytest --llmperf-results, llmperf run --json) nor an "
+                     f"llmperf run --json document")

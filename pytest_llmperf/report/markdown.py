@@ -1,9 +1,13 @@
 """Markdown report for ``$GITHUB_STEP_SUMMARY`` or a pull-request comment.
 
 Order: a title carrying the overall verdict, the regressions and other failures (one line each, the verdict's
-own ``message``), the verdict table, the seed-study comparison, the run's header (hardware, emulation, vLLM
-version) and the plots. GitHub renders pipe tables; every cell is escaped so a ``|`` in a test id cannot
-break a row.
+own ``message``), the verdict table (each interval with its own confidence level), a metrics table for every
+test group, the seed-study comparison (a cell that cannot be measured never wins), study lines, the run's
+header (hardware or endpoint, emulation, engine version, engine start times, notes) and the plots. GitHub
+renders pipe tables; every cell is escaped so a ``|`` in a test id cannot break a row.
+
+Plot links: in a file next to the plots (``summary.md``) they are relative; in ``$GITHUB_STEP_SUMMARY``
+local files cannot be shown, so ``plots_note`` replaces the links (e.g. a link to the run's artifacts).
 """
 
 from __future__ import annotations
@@ -13,16 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.report.terminal import (
+    NOT_MEASURABLE_NOTE,
     VERDICT_ORDER,
+    cell,
+    config_rows,
+    engine_starts_line,
+    header_title,
+    input_len_key,
+    metric_table,
+    no_baseline_line,
     overall_verdict,
     seed_study,
+    study_lines,
     verdicts_by_state,
 )
 
-__all__ = ["render_markdown", "markdown_table"]
+__all__ = ["ci_level", "markdown_table", "render_markdown"]
 
 _ICON = {"FAIL": ":x:", "INCONCLUSIVE": ":warning:", "PASS": ":white_check_mark:", "NO_CHECKS": ":grey_question:"}
-_EMULATION_TEXT = {"pcie": "PCIe emulated (`NCCL_P2P_DISABLE=1`, custom all-reduce off)"}
+_EMULATION_TEXT = {"pcie": "PCIe emulated (`NCCL_P2P_DISABLE=1`, `NCCL_NVLS_ENABLE=0`, `VLLM_ALLREDUCE_USE_SYMM_MEM=0`, custom all-reduce and all-reduce fusion off; proven from each engine log)"}
 
 
 def _cell(value: Any) -> str:
@@ -44,22 +57,46 @@ def _num(value: Any, spec: str = ".4g") -> str | None:
     return None if value is None else format(value, spec)
 
 
+def ci_level(alpha: float | None) -> str | None:
+    """The two-sided level of a verdict's ratio interval: the gate's ``ci_low..ci_high`` is the
+    ``(1 - 2 alpha)`` interval (two one-sided tests at ``alpha``), e.g. 90% at alpha 0.05, 97.5% at 0.0125."""
+    return None if alpha is None else f"{(1 - 2 * float(alpha)) * 100:.4g}%"
+
+
 def _verdict_table(results: dict[str, Any], states: tuple[str, ...]) -> str | None:
     rows = []
     for state, items in verdicts_by_state(results).items():
         if state not in states:
             continue
+        if state == "NO_BASELINE":
+            items = [v for v in items if v["metric"] != "*"]  # said once, above the table
         for v in items:
             ratio = v.get("ratio")
-            ci = (f"{v['ci_low']:.3f}–{v['ci_high']:.3f}" if v.get("ci_low") is not None
-                  and v.get("ci_high") is not None else None)
+            ci = (f"{v['ci_low']:.3f}–{v['ci_high']:.3f}" + (f" ({ci_level(v.get('alpha'))})" if v.get("alpha")
+                                                              else "")
+                  if v.get("ci_low") is not None and v.get("ci_high") is not None else None)
             rows.append([f"**{state}**" if state in ("FAIL", "INCONCLUSIVE") else state, v["kind"], v["metric"],
                          f"`{v['test_id'].split('::')[-1]}`", _num(v.get("baseline_value")),
                          _num(v.get("candidate_value")), _num(ratio, ".3f"), ci, _num(v.get("p_value"), ".3g")])
     if not rows:
         return None
-    return markdown_table(["verdict", "kind", "metric", "test", "baseline", "candidate", "ratio", "95% CI", "p"],
-                          rows, "llllrrrrr")
+    return markdown_table(["verdict", "kind", "metric", "test", "baseline", "candidate", "ratio",
+                           "ratio CI (level)", "p"], rows, "llllrrrrr")
+
+
+def _metrics_tables(results: dict[str, Any]) -> list[str]:
+    """One table per test group: the same median-of-runs figures as the terminal table."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in config_rows(results):
+        groups.setdefault(row["group"], []).append(row)
+    out = []
+    for group, rows in groups.items():
+        rows.sort(key=lambda r: (r["mode"] != "single", r["mode"], r["concurrency"] or 0,
+                                 input_len_key(r["input_len"])))
+        body, headers, align = metric_table(rows)
+        out += [f"**`{group}`** (median of K runs)", "",
+                markdown_table(headers, body, "".join("l" if a == "left" else "r" for a in align)), ""]
+    return out[:-1]
 
 
 def _seed_table(results: dict[str, Any]) -> str | None:
@@ -74,7 +111,8 @@ def _seed_table(results: dict[str, Any]) -> str | None:
         spec = ".3f" if r["metric"] == "idle_share_mean" else ".1f" if "tok_s" in r["metric"] else ".2f"
         cells = []
         for m in modes:
-            text = _num(r["values"].get(m), spec)
+            value = r["values"].get(m)
+            text = None if value is None else cell(r["metric"], value, spec)
             cells.append(f"**{text}**" if text is not None and m == r["winner"] else text)
         body.append([r["input_len"], r["concurrency"], r["label"], *cells, r["winner"]])
     return markdown_table(["input", "concurrency", "metric", *modes, "winner"], body, "rrl" + "r" * len(modes) + "l")
@@ -83,21 +121,33 @@ def _seed_table(results: dict[str, Any]) -> str | None:
 def _header_lines(results: dict[str, Any]) -> list[str]:
     header, fp = results.get("header", {}), results.get("fingerprint", {})
     emulation = header.get("emulation")
-    lines = [f"- **Hardware:** {header.get('topology') or 'unknown'}",
-             f"- **Interconnect emulation:** {_EMULATION_TEXT.get(emulation, emulation) if emulation else 'none'}",
-             f"- **Engine:** {header.get('engine_version') or 'unknown'} (backend {header.get('backend') or '?'})"]
+    emulation_text = (header.get("emulation_note") or _EMULATION_TEXT.get(emulation, emulation)) if emulation \
+        else "none"
+    if header.get("endpoint"):
+        lines = [f"- **Measured:** {header_title(header)}; its hardware is not known to this report",
+                 f"- **Engine:** {header.get('engine_version') or 'unknown'}"]
+    else:
+        lines = [f"- **Hardware:** {header.get('topology') or 'unknown'}",
+                 f"- **Interconnect emulation:** {emulation_text}",
+                 f"- **Engine:** {header.get('engine_version') or 'unknown'} (backend {header.get('backend') or '?'})"]
+    starts = engine_starts_line(results)
+    if starts:
+        lines.append(f"- **Engine starts:** {starts.split(': ', 1)[1]}")
+    lines += [f"- **Engine restarted:** {line}" for line in header.get("engine_restarts") or []]
     extras = [f"{k} `{fp[k]}`" for k in ("driver", "cuda", "model", "dtype") if fp.get(k)]
     if extras:
         lines.append("- **Fingerprint:** " + ", ".join(extras))
     if header.get("plugin_version"):
         lines.append(f"- **pytest-llmperf:** {header['plugin_version']}")
+    lines += [f"- **Note:** {note}" for note in results.get("notes") or []]
     return lines
 
 
 def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None,
-                    plot_notes: dict[str, str] | None = None) -> str:
+                    plot_notes: dict[str, str] | None = None, *, plots_note: str | None = None) -> str:
     """The Markdown summary. ``plots`` maps a plot name to a path or URL (listed as links);
-    ``plot_notes`` maps a plot name to the reason it was not drawn (e.g. no power telemetry)."""
+    ``plot_notes`` maps a plot name to the reason it was not drawn (e.g. no power telemetry);
+    ``plots_note`` replaces the links with one line (where local files cannot be linked)."""
     overall = overall_verdict(results)
     grouped = verdicts_by_state(results)
     counts = Counter({s: len(v) for s, v in grouped.items()})
@@ -109,23 +159,37 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
         out += [f"- {v['message']}" for v in failures]
     if grouped.get("INCONCLUSIVE"):
         out += ["", "## Inconclusive", ""] + [f"- {v['message']}" for v in grouped["INCONCLUSIVE"]]
+    whole = [v for v in grouped.get("NO_BASELINE", []) if v["metric"] == "*"]
+    if whole:
+        out += ["", no_baseline_line(results, len({v["test_id"] for v in whole}), quote="`")]
     not_pass = _verdict_table(results, tuple(s for s in VERDICT_ORDER if s != "PASS"))
     if not_pass is not None:
         out += ["", "## Verdicts", "", not_pass]
     passed = _verdict_table(results, ("PASS",))
     if passed is not None:
         out += ["", f"<details><summary>{counts['PASS']} passing checks</summary>", "", passed, "", "</details>"]
+    tables = _metrics_tables(results)
+    if tables:
+        out += ["", "## Metrics", "", *tables]
     seed = _seed_table(results)
     if seed is not None:
         out += ["", "## Seed study: modes side by side", "",
-                "Median of the runs per configuration; **bold** marks the winner (lowest TTFT p95 and TPOT p50, "
-                "highest output throughput). GPU idle share is the time below the idle threshold during load "
-                "(pipeline bubbles for PP).", "", seed]
+                ("Median of the runs per configuration; **bold** marks the winner (lowest TTFT p95 and TPOT p50, "
+                 "highest output throughput). GPU idle share is the time below the idle threshold during load "
+                 "(pipeline bubbles for PP)."), "", seed]
+    if "n/m" in "\n".join(tables) + (seed or ""):
+        out += ["", NOT_MEASURABLE_NOTE.replace("n/m:", "*n/m*:", 1)]
+    lines = study_lines(results)
+    if lines:
+        out += ["", "## Study", "", *(f"- {line}" for line in lines)]
     out += ["", "## Run", "", *_header_lines(results)]
-    if plots or plot_notes:
+    if plots or plot_notes or plots_note:
         out += ["", "## Plots", ""]
-        for name, path in (plots or {}).items():
-            out.append(f"- [{name}]({Path(path).as_posix() if '://' not in str(path) else path})")
+        if plots_note:
+            out.append(plots_note)
+        else:
+            for name, path in (plots or {}).items():
+                out.append(f"- [{name}]({Path(path).as_posix() if '://' not in str(path) else path})")
         for name, why in (plot_notes or {}).items():
             out.append(f"- {name}: not drawn: {why}")
     return "\n".join(out) + "\n"

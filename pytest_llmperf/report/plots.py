@@ -1,21 +1,37 @@
 """The seed study's figures, drawn from a session's own results (matplotlib, Agg backend, headless).
 
 ``throughput.png``, ``ttft_p95.png``, ``tpot_p50.png``: the metric against concurrency (log-2 axis), one line
-per mode (median of the runs, bars from the fastest to the slowest run), one panel per input length.
+per mode (median of the runs, bars from the fastest to the slowest run, said in the legend), one panel per
+input length (fixed lengths and ``low:high`` ranges). Where the results carry them, each panel also shows the
+SLO limit of the metric (dashed red line) and, per mode, the baseline median the gate compared against with
+its tolerance band (dotted line, shaded; the tolerance of the verdict, else of the test's ``gate`` settings).
+A latency of 0 (a burst-delivered stream on the CPU backend) is
+not measurable and not drawn.
 ``power.png``: instant power over time per GPU for each traced test (first run), the measured load window
 shaded. Without ``telemetry_traces`` there is no power figure; :func:`plot_notes` says why.
-matplotlib is imported inside the functions, so importing this module stays cheap.
+matplotlib is an optional dependency (``pip install 'pytest-llmperf[plots]'``), imported inside the functions:
+without it :func:`plots_available` is False and the reports say so instead of drawing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.report.terminal import group_name, mode_label
+from pytest_llmperf.report.terminal import (
+    group_name,
+    header_title,
+    input_label,
+    input_len_key,
+    measurable,
+    mode_label,
+)
 
-__all__ = ["make_plots", "plot_notes", "METRIC_PLOTS", "MAX_POWER_PANELS"]
+__all__ = ["MAX_POWER_PANELS", "METRIC_PLOTS", "MISSING_MATPLOTLIB", "make_plots", "plot_notes", "plots_available"]
+
+MISSING_MATPLOTLIB = "matplotlib is not installed; install the plots extra: pip install 'pytest-llmperf[plots]'"
 
 #: plot name -> (summary key, y label, title stem)
 METRIC_PLOTS = {
@@ -24,12 +40,23 @@ METRIC_PLOTS = {
     "tpot_p50": ("tpot_p50_ms", "TPOT p50 (ms)", "Time per output token, p50"),
 }
 MAX_POWER_PANELS = 6
-_MODE_STYLE = {"single": ("tab:blue", "o"), "tp": ("tab:red", "s"), "pp": ("tab:green", "^")}
-_EMULATION_TEXT = {"pcie": "PCIe emulated (NCCL P2P off, custom all-reduce off)"}
+_MODE_STYLE = {"single": ("tab:blue", "o"), "tp": ("tab:red", "s"), "pp": ("tab:green", "^"),
+               "dp": ("tab:purple", "D"), "ep": ("tab:orange", "v")}
+_EMULATION_TEXT = {"pcie": "PCIe emulated (every peer path off, proven from the engine log)"}
+
+
+def plots_available() -> bool:
+    """True when matplotlib can be imported (the ``plots`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(MISSING_MATPLOTLIB) from exc
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -39,10 +66,11 @@ def _pyplot():
 
 def _subtitle(results: dict[str, Any]) -> str:
     header = results.get("header", {})
-    parts = [header.get("topology") or "unknown hardware", header.get("engine_version") or ""]
+    version = header.get("engine_version") or ""
+    parts = [header_title(header), "" if version == "unknown" else version]
     emulation = header.get("emulation")
     if emulation:
-        parts.append(_EMULATION_TEXT.get(emulation, f"emulation: {emulation}"))
+        parts.append(header.get("emulation_note") or _EMULATION_TEXT.get(emulation, f"emulation: {emulation}"))
     return " | ".join(p for p in parts if p)
 
 
@@ -64,8 +92,13 @@ def _mode_order(mode: str) -> tuple[int, str]:
 
 
 def _style(mode: str) -> tuple[str, str]:
-    key = "single" if mode == "single" else ("tp" if mode.startswith("tp") else "pp")
+    key = "single" if mode == "single" else next((k for k in _MODE_STYLE if mode.startswith(k)), "pp")
     return _MODE_STYLE[key]
+
+
+def _linestyle(mode: str) -> str:
+    """Dashed for an engine under PCIe emulation, so a merged NVLink + emulated report tells the links apart."""
+    return "--" if "emulated" in mode else "-"
 
 
 def _series(results: dict[str, Any], key: str) -> dict[Any, dict[str, list[tuple[int, list[float]]]]]:
@@ -74,8 +107,9 @@ def _series(results: dict[str, Any], key: str) -> dict[Any, dict[str, list[tuple
     out: dict[Any, dict[str, list[tuple[int, list[float]]]]] = {}
     for test in results.get("tests", []):
         wl = test.get("workload", {})
-        conc, input_len, mode = wl.get("concurrency"), wl.get("input_len"), mode_label(test["engine"])
-        values = [float(r["summary"][key]) for r in test.get("runs", []) if r.get("summary", {}).get(key) is not None]
+        conc, input_len, mode = wl.get("concurrency"), input_label(wl), mode_label(test["engine"])
+        values = [float(r["summary"][key]) for r in test.get("runs", [])
+                  if measurable(key, r.get("summary", {}).get(key))]
         if conc is None or not values or (input_len, mode, conc) in seen:
             continue
         seen.add((input_len, mode, conc))
@@ -84,6 +118,60 @@ def _series(results: dict[str, Any], key: str) -> dict[Any, dict[str, list[tuple
         for points in modes.values():
             points.sort()
     return out
+
+
+_BasePoints = dict[Any, dict[str, list[tuple[int, float, float | None]]]]
+
+
+def _references(results: dict[str, Any], key: str) -> tuple[dict[Any, set[float]], _BasePoints]:
+    """SLO limits per input length, and baseline (concurrency, median, tolerance) per input length and mode."""
+    tests = {t["test_id"]: t for t in results.get("tests", [])}
+    slo: dict[Any, set[float]] = {}
+    base: _BasePoints = {}
+    seen: set[tuple[Any, str, int]] = set()
+    for v in results.get("verdicts", []):
+        test = tests.get(v.get("test_id"))
+        if test is None or v.get("metric") != key or v.get("baseline_value") is None:
+            continue
+        wl = test.get("workload", {})
+        input_len, conc, mode = input_label(wl), wl.get("concurrency"), mode_label(test["engine"])
+        if v.get("kind") == "slo":
+            slo.setdefault(input_len, set()).add(float(v["baseline_value"]))
+        elif v.get("kind") == "regression" and conc is not None and (input_len, mode, conc) not in seen:
+            seen.add((input_len, mode, conc))
+            tolerance = v.get("tolerance", (test.get("gate") or {}).get("tolerance"))
+            base.setdefault(input_len, {}).setdefault(mode, []).append(
+                (int(conc), float(v["baseline_value"]), None if tolerance is None else float(tolerance)))
+    for modes in base.values():
+        for points in modes.values():
+            points.sort()
+    return slo, base
+
+
+def _draw_references(ax: Any, slo: set[float], base: dict[str, list[tuple[int, float, float | None]]],
+                     higher_is_better: bool, unit: str) -> None:
+    for limit in sorted(slo):
+        ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"SLO {'>=' if higher_is_better else '<='} {limit:g} {unit}")
+    for mode in sorted(base, key=_mode_order):
+        points = base[mode]
+        color, marker = _style(mode)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, color=color, linestyle=":", marker=marker, markerfacecolor="none", linewidth=1.0,
+                label=f"{mode} baseline (median)")
+        tols = [p[2] for p in points if p[2] is not None]
+        if len(tols) == len(points):
+            edge = [y / (1 + t) if higher_is_better else y * (1 + t) for y, t in zip(ys, tols)]
+            ax.fill_between(xs, ys, edge, color=color, alpha=0.12, label=f"{mode} baseline tolerance")
+
+
+def _panel_title(input_len: Any) -> str:
+    """``input 512 tokens``, ``input 16:512 tokens`` or, for a dataset's prompts, ``prompts: sharegpt:...``."""
+    if input_len is None:
+        return "input length unknown"
+    if isinstance(input_len, int) or re.fullmatch(r"\d+(:\d+)?", str(input_len)):
+        return f"input {input_len} tokens"
+    return f"prompts: {input_len}"
 
 
 def _metric_figure(results: dict[str, Any], name: str, path: Path) -> bool:
@@ -96,8 +184,11 @@ def _metric_figure(results: dict[str, Any], name: str, path: Path) -> bool:
     plt = _pyplot()
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    input_lens = sorted(series, key=lambda x: (x is None, x))
-    width_in = max(8.0, 5.2 * len(input_lens) + 0.8)
+    input_lens = sorted(series, key=input_len_key)
+    slo, base = _references(results, key)
+    higher = key.endswith(("_tok_s", "_req_s"))
+    unit = ylabel.rsplit("(", 1)[-1].rstrip(")") if "(" in ylabel else ""
+    width_in = max(9.5, 7.4 * len(input_lens) + 0.8)
     fig, axes = plt.subplots(1, len(input_lens), figsize=(width_in, 4.8), squeeze=False)
     for ax, input_len in zip(axes[0], input_lens):
         concs: set[int] = set()
@@ -108,8 +199,12 @@ def _metric_figure(results: dict[str, Any], name: str, path: Path) -> bool:
             lo = [m - min(v) for m, (_, v) in zip(med, points)]
             hi = [max(v) - m for m, (_, v) in zip(med, points)]
             color, marker = _style(mode)
-            ax.errorbar(xs, med, yerr=[lo, hi], color=color, marker=marker, capsize=3, linewidth=1.8, label=mode)
+            k = max(len(v) for _, v in points)
+            ax.errorbar(xs, med, yerr=[lo, hi], color=color, marker=marker, capsize=3, linewidth=1.8,
+                        linestyle=_linestyle(mode), label=f"{mode}: median, bars min-max of {k} runs")
             concs.update(xs)
+        _draw_references(ax, slo.get(input_len, set()), base.get(input_len, {}), higher, unit)
+        concs.update(c for points in base.get(input_len, {}).values() for c, _, _ in points)
         ax.set_xscale("log", base=2)
         ticks = sorted(concs)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -117,10 +212,10 @@ def _metric_figure(results: dict[str, Any], name: str, path: Path) -> bool:
         ax.set_xticklabels([str(t) for t in ticks])
         ax.set_xlabel("concurrency (requests in flight, log2)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"input {input_len} tokens" if input_len is not None else "input length unknown")
+        ax.set_title(_panel_title(input_len))
         ax.set_ylim(bottom=0)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(title="mode")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     _title_and_layout(fig, f"{title} vs concurrency\n{_wrap(_subtitle(results), width_in)}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -134,7 +229,7 @@ def _traced(results: dict[str, Any]) -> list[tuple[dict[str, Any], str, dict[str
     out = []
     for test_id, runs in traces.items():
         if test_id in tests and runs:
-            run_index = sorted(runs, key=lambda r: int(r))[0]
+            run_index = min(runs, key=int)
             trace = runs[run_index]
             if trace.get("t_unix_s") and trace.get("power_w"):
                 out.append((tests[test_id], run_index, trace))

@@ -16,17 +16,28 @@ from typing import Any
 from tabulate import tabulate
 
 __all__ = [
-    "render_terminal",
-    "render_header",
-    "render_verdicts",
-    "group_name",
-    "mode_label",
-    "config_rows",
-    "seed_study",
-    "verdicts_by_state",
-    "overall_verdict",
+    "NOT_MEASURABLE",
     "SEED_METRICS",
     "VERDICT_ORDER",
+    "cell",
+    "config_rows",
+    "engine_starts_line",
+    "group_name",
+    "header_title",
+    "input_label",
+    "input_len_key",
+    "measurable",
+    "metric_table",
+    "mode_label",
+    "no_baseline_line",
+    "overall_verdict",
+    "rate_label",
+    "render_header",
+    "render_terminal",
+    "render_verdicts",
+    "seed_study",
+    "study_lines",
+    "verdicts_by_state",
 ]
 
 #: Order in which verdict states are reported; the first present one is the overall verdict.
@@ -47,11 +58,17 @@ TABLE_COLUMNS = (
     ("out tok/s", "output_throughput_tok_s", ".1f"),
     ("req/s", "request_throughput_req_s", ".2f"),
     ("failed", "failed", ".0f"),
+    ("max rate @SLO req/s", "max_rate_at_slo_req_s", ".2f"),
+    ("SLO attainment", "slo_attainment_at_max", ".3f"),
     ("power W", "power_total_mean_w", ".0f"),
     ("power CV", "power_cv_max", ".3f"),
 )
+#: shown instead of a latency that cannot be measured (see :func:`measurable`)
+NOT_MEASURABLE = "n/m"
+NOT_MEASURABLE_NOTE = ("n/m: not measurable: the streams arrived in one burst (a TPOT/ITL of 0 ms says how the "
+                       "server flushed its output, not how fast it generated); such a cell never wins")
 _GPU_KEY = re.compile(r"^gpu(\d+)_(power_mean_w|power_cv|idle_share)$")
-_EMULATION_TEXT = {"pcie": "PCIe emulated: NCCL_P2P_DISABLE=1, custom all-reduce off"}
+_EMULATION_TEXT = {"pcie": "PCIe emulated: NCCL P2P/NVLS, custom and symmetric-memory all-reduce and the all-reduce fusion off"}
 
 
 def group_name(test_id: str) -> str:
@@ -59,15 +76,96 @@ def group_name(test_id: str) -> str:
     return test_id.split("::")[-1].split("[", 1)[0]
 
 
+def input_len_key(value: Any) -> tuple[int, float, str]:
+    """Sort key for input lengths that may be ints, ``"low:high"`` ranges or None (ranges after their low end)."""
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)):
+        return (0, float(value), "")
+    text = str(value)
+    try:
+        return (0, float(text.split(":", 1)[0]), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def input_label(workload: dict[str, Any]) -> Any:
+    """What the prompts were: the dataset's name when a dataset replaced the synthetic prompts, else the input
+    length (an int or a ``low:high`` range)."""
+    return workload.get("dataset") or workload.get("input_len")
+
+
+def measurable(metric: str, value: Any) -> bool:
+    """False for a latency (``*_ms``) of 0 or less: on the CPU backend a stream delivered in one burst has a
+    TPOT/ITL of 0, which measures the flush, not generation. Such a value is shown as :data:`NOT_MEASURABLE`."""
+    return value is not None and not (metric.endswith("_ms") and float(value) <= 0.0)
+
+
+def rate_label(workload: dict[str, Any]) -> str:
+    """``closed`` (closed loop) or ``4 req/s`` (open loop, with ``burstiness`` when not Poisson)."""
+    rate = workload.get("request_rate")
+    if not rate:
+        return "closed"
+    burst = workload.get("burstiness")
+    return f"{rate:g} req/s" + (f" (burstiness {burst:g})" if burst not in (None, 1, 1.0) else "")
+
+
+def engine_starts_line(results: dict[str, Any]) -> str | None:
+    """``engine starts: single 58.4 s, tp2 66.1 s (failed)`` from the header, else from the tests."""
+    starts = (results.get("header") or {}).get("engine_starts") or []
+    parts = [f"{s.get('label')} {s['startup_s']:.1f} s" + ("" if s.get("ok", True) else " (failed)")
+             for s in starts if s.get("startup_s") is not None]
+    if not parts:
+        seen: dict[str, float] = {}
+        for test in results.get("tests", []):
+            if test.get("engine_startup_s") is not None:
+                seen.setdefault(mode_label(test.get("engine") or {}), float(test["engine_startup_s"]))
+        parts = [f"{label} {secs:.1f} s" for label, secs in seen.items()]
+    return "engine starts: " + ", ".join(parts) if parts else None
+
+
+def header_title(header: dict[str, Any]) -> str:
+    """What was measured: the local hardware, or the external endpoint (whose hardware is not known here)."""
+    if header.get("endpoint"):
+        model = f" (model {header['model']})" if header.get("model") else ""
+        return f"external endpoint {header['endpoint']}{model}"
+    return str(header.get("topology") or "unknown topology")
+
+
+def no_baseline_line(results: dict[str, Any], n_tests: int, quote: str = "") -> str:
+    """One line for a machine without baselines, with the command that records them (``quote`` around
+    commands: a backtick for Markdown)."""
+    header = results.get("header") or {}
+    where = f" in {header['baseline_dir']}/" if header.get("baseline_dir") else ""
+    command = header.get("record_command") or "pytest <the same arguments> --llmperf-update-baselines"
+    machine = _hardware_id(results)
+    return (f"NO_BASELINE: no baseline for this machine{f' ({machine})' if machine else ''}{where} "
+            f"({n_tests} test{'s' if n_tests != 1 else ''}); record them with: {quote}{command}{quote} "
+            f"(or: {quote}llmperf baseline update RESULTS.json{quote})")
+
+
+def _hardware_id(results: dict[str, Any]) -> str | None:
+    try:
+        from pytest_llmperf.storage.fingerprint import Fingerprint
+
+        return Fingerprint.from_dict(results.get("fingerprint") or {}).hardware_id()
+    except Exception:  # noqa: BLE001 - a partial fingerprint (old files) just omits the name
+        return None
+
+
 def mode_label(engine: dict[str, Any]) -> str:
-    """``single``, ``tp2``, ``pp2`` or ``tp2pp2`` from an engine dict."""
-    tp, pp = int(engine.get("tp") or 1), int(engine.get("pp") or 1)
-    if tp == 1 and pp == 1:
+    """``single``, ``tp2``, ``pp2``, ``tp2pp2``, ``dp2``, ``ep2`` from an engine dict (its ``label`` when it has one:
+    reports merged from an NVLink and an emulated-PCIe session label the emulated engines ``tp2 (PCIe emulated)``,
+    see :func:`pytest_llmperf.report.json_io.merge_results`)."""
+    if engine.get("label"):
+        return str(engine["label"])
+    tp, pp, dp = int(engine.get("tp") or 1), int(engine.get("pp") or 1), int(engine.get("dp") or 1)
+    if tp * pp * dp == 1:
         return "single"
-    return ("" if tp == 1 else f"tp{tp}") + ("" if pp == 1 else f"pp{pp}")
+    return ("" if tp == 1 else f"tp{tp}") + ("" if pp == 1 else f"pp{pp}") + ("" if dp == 1 else f"dp{dp}")
 
 
-def _median(values: list[float]) -> float | None:
+def _median(values: list[Any]) -> float | None:
     vals = [float(v) for v in values if v is not None]
     return statistics.median(vals) if vals else None
 
@@ -96,18 +194,22 @@ def config_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         wl = test.get("workload", {})
         rows.append({
             "test_id": test["test_id"], "group": group_name(test["test_id"]), "mode": mode_label(test["engine"]),
-            "concurrency": wl.get("concurrency"), "input_len": wl.get("input_len"),
+            "concurrency": wl.get("concurrency"), "input_len": input_label(wl),
             "output_len": wl.get("output_len"), "k": len(runs), "median": _derived(med),
+            "rate": rate_label(wl), "engine_startup_s": test.get("engine_startup_s"),
         })
     return rows
 
 
 def _mode_sort_key(mode: str) -> tuple[int, str]:
-    return ({"single": 0}.get(mode, 1 if mode.startswith("tp") else 2), mode)
+    return ({"single": 0}.get(mode, 1 if mode.startswith("tp") else 2 if mode.startswith("pp") else 3), mode)
 
 
 def seed_study(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (input length, concurrency, metric): each mode's median and the winner.
+
+    A value that is not :func:`measurable` (a burst-delivered TPOT of 0) never wins; with fewer than two
+    measurable modes there is no winner.
 
     Rows hold ``input_len, concurrency, metric, label, better, values {mode: value}, winner`` and, after the
     metric rows of each point, an ``idle share`` row (winner None) when any mode has GPU idle-share data.
@@ -117,11 +219,11 @@ def seed_study(results: dict[str, Any]) -> list[dict[str, Any]]:
     for row in config_rows(results):
         points.setdefault((row["input_len"], row["concurrency"]), {}).setdefault(row["mode"], row["median"])
     out = []
-    for (input_len, conc) in sorted(points, key=lambda p: (p[0] or 0, p[1] or 0)):
+    for (input_len, conc) in sorted(points, key=lambda p: (input_len_key(p[0]), p[1] or 0)):
         modes = dict(sorted(points[(input_len, conc)].items(), key=lambda kv: _mode_sort_key(kv[0])))
         for key, label, better in SEED_METRICS:
             values = {m: med.get(key) for m, med in modes.items()}
-            present = {m: v for m, v in values.items() if v is not None}
+            present = {m: float(v) for m, v in values.items() if v is not None and measurable(key, v)}
             winner = None
             if len(present) > 1:
                 pick = min if better == "lower" else max
@@ -152,17 +254,16 @@ def overall_verdict(results: dict[str, Any]) -> str:
     return "PASS" if "PASS" in states else "NO_CHECKS"
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def render_header(header: dict[str, Any]) -> str:
     """One line: topology, engine version, backend and (if any) interconnect emulation."""
-    parts = [f"llmperf: {header.get('topology') or 'unknown topology'}",
-             f"engine {header.get('engine_version') or 'unknown'}", f"backend {header.get('backend') or '?'}"]
+    parts = [f"llmperf: {header_title(header)}"]
+    if header.get("engine_version") and header["engine_version"] != "unknown":
+        parts.append(f"engine {header['engine_version']}")
+    if not header.get("endpoint"):
+        parts.append(f"backend {header.get('backend') or '?'}")
     emulation = header.get("emulation")
     if emulation:
-        parts.append(_EMULATION_TEXT.get(emulation, f"emulation {emulation}"))
+        parts.append(header.get("emulation_note") or _EMULATION_TEXT.get(emulation, f"emulation {emulation}"))
     return " | ".join(parts)
 
 
@@ -171,12 +272,55 @@ def render_verdicts(results: dict[str, Any]) -> str:
     grouped = verdicts_by_state(results)
     lines = []
     for state in ("FAIL", "INCONCLUSIVE", "NO_BASELINE", "MISMATCH", "SKIPPED"):
+        items = grouped.get(state, [])
+        if state == "NO_BASELINE":
+            whole = [v for v in items if v["metric"] == "*"]  # the test has no baseline at all: say it once
+            if whole:
+                lines.append(no_baseline_line(results, len({v["test_id"] for v in whole})))
+            items = [v for v in items if v["metric"] != "*"]
         lines += [f"{v['message']}" if v["message"].startswith(state) else f"{state} {v['message']}"
-                  for v in grouped.get(state, [])]
+                  for v in items]
     counts = Counter({s: len(v) for s, v in grouped.items()})
     summary = ", ".join(f"{counts[s]} {s}" for s in VERDICT_ORDER if counts[s]) or "no checks ran"
     lines.append(f"verdicts: {summary} -> {overall_verdict(results)}")
     return "\n".join(lines)
+
+
+def cell(metric: str, value: Any, spec: str) -> str:
+    """A formatted value, ``-`` when missing, :data:`NOT_MEASURABLE` when not :func:`measurable`."""
+    if value is None:
+        return "-"
+    return format(value, spec) if measurable(metric, value) else NOT_MEASURABLE
+
+
+def metric_table(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[str], tuple[str, ...]]:
+    """(body, headers, column alignment) of a per-group metrics table (shared with the Markdown report).
+
+    When two rows share mode, concurrency, input length and rate (a test parametrized further), a first column
+    ``test`` names each row by its parameter id."""
+    cols = [c for c in TABLE_COLUMNS if any(r["median"].get(c[1]) is not None for r in rows)]
+    rated = any(r.get("rate") not in (None, "closed") for r in rows)
+    keys = [(r["mode"], r["concurrency"], str(r["input_len"]), r.get("rate")) for r in rows]
+    named = len(set(keys)) < len(keys)
+    body = [[*([_param_id(r["test_id"])] if named else []), r["mode"], str(r["concurrency"]), str(r["input_len"]),
+             *([r["rate"]] if rated else []), str(r["k"]),
+             *(cell(key, r["median"].get(key), spec) for _, key, spec in cols)] for r in rows]
+    headers = [*(["test"] if named else []), "mode", "conc", "in", *(["rate"] if rated else []), "K",
+               *(c[0] for c in cols)]
+    align = (*(["left"] if named else []), "left", "right", "right", *(["left"] if rated else []), "right",
+             *(["right"] * len(cols)))
+    return body, headers, align
+
+
+def _param_id(test_id: str) -> str:
+    """``[c2-0]`` of ``t.py::test_x[c2-0]`` (the whole name when it has no parameters)."""
+    name = test_id.split("::")[-1]
+    return name[name.index("["):] if "[" in name else name
+
+
+def _any_not_measurable(results: dict[str, Any]) -> bool:
+    return any(not measurable(key, r["median"].get(key)) and r["median"].get(key) is not None
+               for r in config_rows(results) for _, key, _ in TABLE_COLUMNS)
 
 
 def _group_tables(results: dict[str, Any]) -> list[str]:
@@ -185,13 +329,9 @@ def _group_tables(results: dict[str, Any]) -> list[str]:
         groups.setdefault(row["group"], []).append(row)
     blocks = []
     for group, rows in groups.items():
-        rows.sort(key=lambda r: (_mode_sort_key(r["mode"]), r["concurrency"] or 0, r["input_len"] or 0))
-        cols = [c for c in TABLE_COLUMNS if any(r["median"].get(c[1]) is not None for r in rows)]
-        body = [[r["mode"], r["concurrency"], r["input_len"], r["k"],
-                 *(_fmt(r["median"].get(key), spec) for _, key, spec in cols)] for r in rows]
-        table = tabulate(body, headers=["mode", "conc", "in", "K", *(c[0] for c in cols)],
-                         tablefmt="simple", disable_numparse=True,
-                         colalign=("left", *(["right"] * (3 + len(cols)))))
+        rows.sort(key=lambda r: (_mode_sort_key(r["mode"]), r["concurrency"] or 0, input_len_key(r["input_len"])))
+        body, headers, align = metric_table(rows)
+        table = tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)
         blocks.append(f"{group} (median of K runs)\n{table}")
     return blocks
 
@@ -206,19 +346,35 @@ def _seed_table(results: dict[str, Any], winner_mark: str = "*") -> str | None:
     body = []
     for r in rows:
         spec = ".3f" if r["metric"] == "idle_share_mean" else ".1f" if "tok_s" in r["metric"] else ".2f"
-        cells = [_fmt(r["values"].get(m), spec) + (winner_mark if m == r["winner"] else "") for m in modes]
+        cells = [cell(r["metric"], r["values"].get(m), spec) + (winner_mark if m == r["winner"] else "")
+                 for m in modes]
         body.append([r["input_len"], r["concurrency"], r["label"], *cells, r["winner"] or "-"])
     return tabulate(body, headers=["in", "conc", "metric", *modes, "winner"], tablefmt="simple",
                     disable_numparse=True, colalign=("right", "right", "left", *(["right"] * len(modes)), "left"))
 
 
+def study_lines(results: dict[str, Any]) -> list[str]:
+    """Lines of study results computed elsewhere (e.g. the TP/PP crossover, a roofline), in results order."""
+    return [str(line) for line in results.get("study_lines") or []]
+
+
 def render_terminal(results: dict[str, Any]) -> str:
-    """The full terminal report (verdicts, per-group tables, seed study) as one string."""
-    parts = [render_header(results.get("header", {})), "", render_verdicts(results)]
+    """The full terminal report (verdicts, per-group tables, seed study, study lines) as one string."""
+    parts = [render_header(results.get("header", {}))]
+    starts = engine_starts_line(results)
+    if starts:
+        parts.append(starts)
+    parts += [f"engine restarted: {line}" for line in (results.get("header") or {}).get("engine_restarts") or []]
+    parts += ["", render_verdicts(results)]
     for block in _group_tables(results):
         parts += ["", block]
     seed = _seed_table(results)
     if seed is not None:
         parts += ["", "seed study: modes side by side (* = winner: lowest TTFT p95 / TPOT p50, highest out tok/s)",
                   seed]
+    if _any_not_measurable(results):
+        parts += ["", NOT_MEASURABLE_NOTE]
+    lines = study_lines(results)
+    if lines:
+        parts += ["", "study:", *(f"  {line}" for line in lines)]
     return "\n".join(parts) + "\n"

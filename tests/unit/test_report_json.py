@@ -85,3 +85,34 @@ def test_fixture_is_current() -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert json.loads(json.dumps(mod.build_sample_results())) == json.loads(SAMPLE.read_text())
+
+
+@pytest.mark.parametrize("stem", ["cpu_intel_results", "cpu_amd_results"])
+def test_cpu_fixtures_are_current_and_valid(stem: str) -> None:
+    """The CPU fixtures validate and are exactly what make_cpu_results.py generates."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_cpu", SAMPLE.with_name("make_cpu_results.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = SAMPLE.with_name(f"{stem}.json")
+    assert read_results(path) == json.loads(json.dumps(mod.build_cpu_results(*mod.MACHINES[stem])))
+
+
+def test_gzip_and_merge(tmp_path: Path) -> None:
+    import gzip
+
+    from pytest_llmperf.report.json_io import merge_results
+
+    intel = json.loads(SAMPLE.with_name("cpu_intel_results.json").read_text())
+    amd = json.loads(SAMPLE.with_name("cpu_amd_results.json").read_text())
+    packed = tmp_path / "amd.json.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as fh:
+        json.dump(amd, fh)
+    assert read_results(packed) == amd
+    merged = merge_results([intel, read_results(packed)])
+    assert len(merged["tests"]) == len(intel["tests"]) + len(amd["tests"])
+    assert merged["header"]["topology"] == intel["header"]["topology"]
+    assert merged["created_unix_s"] == min(intel["created_unix_s"], amd["created_unix_s"])
+    assert len(merged["header"]["engine_starts"]) == 4 and merged["notes"] == intel["notes"] + amd["notes"]
+    assert merge_results([intel]) is intel

