@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for conc in a.concurrency:
             wl = Workload(num_requests=a.num_requests, input_len=a.input_len, output_len=a.output_len,
                           concurrency=conc, seed=0)
-            o_ttft, o_tpot, _, o_fail = ours_run(endpoint, model, wl, vocab)
-            v_ttft, v_tpot, _, v_fail = vllm_client_run(endpoint, model, wl, vocab)
+            o_ttft, o_tpot, _, o_fail, _ = ours_run(endpoint, model, wl, vocab)
+            v_ttft, v_tpot, _, v_fail, _ = vllm_client_run(endpoint, model, wl, vocab)
             r = {"concurrency": conc, "ours_ttft_p50_ms": _p50(o_ttft), "vllm_ttft_p50_ms": _p50(v_ttft),
                  "ours_tpot_p50_ms": _p50(o_tpot), "vllm_tpot_p50_ms": _p50(v_tpot),
                  "ours_failed": o_fail, "vllm_failed": v_fail}

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                           output_len=a.output_len, warmup_requests=min(conc, 8), seed=0, timeout_s=120)
             for name, fn in clients.items():
                 t = time.perf_counter()
-                ttft, _, itl, failed = fn(srv.endpoint, script.model, wl)
+                ttft, _, itl, failed, _ = fn(srv.endpoint, script.model, wl)
                 results.append({"client": name, "concurrency": conc, "requests": wl.num_requests, "failed": failed,
                                 "itl_count": len(itl), "ttft_error": _err(ttft, a.ttft_ms),
                                 "itl_error": _err(itl, a.itl_ms), "wall_s": time.perf_counter() - t})

@@ -6,7 +6,6 @@ Skipped (with the reason) unless the engine's GPUs are NVLink-connected. Run: ``
 from __future__ import annotations
 
 import pytest
-from conftest import measure_and_gate
 
 pytestmark = [pytest.mark.nvlink, pytest.mark.gpu]
 
@@ -14,4 +13,4 @@ pytestmark = [pytest.mark.nvlink, pytest.mark.gpu]
 @pytest.mark.llmperf(slo={"max_failed": 0})
 def test_serving_nvlink(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):
     """Throughput, TTFT p95, TPOT and power of one mode at one load point, GPUs joined by NVLink."""
-    measure_and_gate(llmperf_bench)
+    llmperf_bench.measure_and_gate()

@@ -14,7 +14,6 @@ Run: ``pytest perf_tests -m pcie``; a subset: ``-m "pcie and pp"``, ``--llmperf-
 from __future__ import annotations
 
 import pytest
-from conftest import measure_and_gate
 
 pytestmark = pytest.mark.pcie
 
@@ -22,4 +21,4 @@ pytestmark = pytest.mark.pcie
 @pytest.mark.llmperf(slo={"max_failed": 0})
 def test_serving(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):
     """Throughput, TTFT p95, TPOT and (with NVML) power stability of one mode at one load point."""
-    measure_and_gate(llmperf_bench)
+    llmperf_bench.measure_and_gate()

@@ -1,36 +1,67 @@
 #!/usr/bin/env bash
-# The GPU evidence run (issue: the suite on real H200s, NVLink and emulated PCIe), one phase per call so each
-# fits a 10-minute slot. Run from the repository root on a machine where vLLM imports (e.g. the lent 2 x H200
-# with PYTHONPATH=/root/site, see ../shared/gpu/README.md). Results, reports and baselines go to OUTDIR.
+# The GPU study (single vs TP=2 vs PP=2 over NVLink and emulated PCIe), one phase per call so each fits a
+# 10-minute slot. Run from the repository root on a machine where vLLM imports (e.g. the lent 2 x H200 with
+# PYTHONPATH=/root/site, see ../shared/gpu/README.md). Results, reports, engine logs and the new baselines are
+# packed into OUTDIR/<phase>.tgz.
 #
-#   bash scripts/gpu-evidence.sh single  OUTDIR   # telemetry self-check + single-GPU sweep + agreement with vllm bench
-#   bash scripts/gpu-evidence.sh pcie    OUTDIR   # TP=2 and PP=2 with PCIe emulation (NCCL P2P off, custom AR off)
-#   bash scripts/gpu-evidence.sh nvlink  OUTDIR   # TP=2 and PP=2 over NVLink
+#   bash scripts/gpu-evidence.sh single OUTDIR   # telemetry self-check + the single-GPU sweep
+#   bash scripts/gpu-evidence.sh pcie   OUTDIR   # TP=2 and PP=2 with PCIe emulation (every peer path off, proven
+#                                                #   from the engine log) + client agreement on the TP=2 engine
+#   bash scripts/gpu-evidence.sh nvlink OUTDIR   # TP=2 and PP=2 over NVLink
+#   bash scripts/gpu-evidence.sh dp     OUTDIR   # DP=2 (two replicas) on both links (add to the study's tables)
+#   bash scripts/gpu-evidence.sh moe    OUTDIR   # the MoE preset: single, TP=2 and EP=2 on both links
+#   bash scripts/gpu-evidence.sh rerun  OUTDIR   # gate proof: an unchanged rerun against the committed baselines
+#   bash scripts/gpu-evidence.sh regress OUTDIR  # gate proof: TP=2 on NVLink without vLLM's custom all-reduce
+#
+# LLMPERF_MODES narrows a phase (e.g. LLMPERF_MODES=tp2); LLMPERF_STUDY_ARGS adds pytest arguments.
+# The workload is the issue's: 512-token prompts -> 128 tokens, concurrency 1, 8, 32, K=5 runs per point, each
+# run at least 3 waves of the concurrency (96 requests at 32), CUDA graphs on (never eager).
 set -uo pipefail
 PHASE="$1"; OUT="${2:-.llmperf/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+RES=".llmperf/gpu-$PHASE"
 SWEEP=(-p pytest_llmperf.plugin -p no:cacheprovider -rs --llmperf-backend gpu
        --llmperf-model deepseek-r1-distill-qwen-14b --llmperf-concurrency "${LLMPERF_CONCURRENCY:-1,8,32}"
-       --llmperf-input-lens 256 --llmperf-output-len 64 --llmperf-num-requests 16 --llmperf-repeats 2
-       --llmperf-max-model-len 4096 --llmperf-engine-args "--max-num-seqs 32" --llmperf-startup-timeout 420
-       --llmperf-update-baselines --llmperf-update-reason "GPU evidence run, 2 x H200, $(date -u +%F)"
-       --llmperf-results "$OUT/results-$PHASE.json" --llmperf-report-dir "$OUT/report-$PHASE")
+       --llmperf-input-lens 512 --llmperf-output-len 128 --llmperf-num-requests 6 --llmperf-min-waves 3
+       --llmperf-repeats 5 --llmperf-max-model-len 4096 --llmperf-engine-args "--max-num-seqs 32"
+       --llmperf-startup-timeout 420
+       --llmperf-results "$RES/results.json" --llmperf-report-dir "$RES/report" ${LLMPERF_STUDY_ARGS:-})
+# the study phases record baselines; the gate-proof phases (rerun, regress) judge against them
+case "$PHASE" in rerun|regress) ;; *)
+  SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study, 2 x H200, K=5, $(date -u +%F)") ;; esac
 case "$PHASE" in
   single)
-    nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/gpus.txt"
-    nvidia-smi topo -m | tee -a "$OUT/gpus.txt"
-    "$PY" -m pytest_llmperf.telemetry.selfcheck --seconds 3 --rate-hz 100 --gpus 0,1 --json "$OUT/selfcheck.json"
-    "$PY" -m pytest perf_tests -m "pcie and single" --llmperf-modes single "${SWEEP[@]}" ;;
+    mkdir -p "$RES"
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$RES/gpus.txt"
+    nvidia-smi topo -m | tee -a "$RES/gpus.txt"
+    "$PY" -m pytest_llmperf.telemetry.selfcheck --seconds 3 --rate-hz 100 --gpus 0,1 --json "$RES/selfcheck.json"
+    "$PY" -m pytest perf_tests/test_pcie.py -m "pcie and single" --llmperf-modes single "${SWEEP[@]}" ;;
   pcie)
-    "$PY" -m pytest perf_tests -m "pcie and not single" --llmperf-modes "${LLMPERF_MODES:-tp2,pp2}" \
-        --llmperf-emulate-pcie on "${SWEEP[@]}" ;;
+    MODES="${LLMPERF_MODES:-tp2,pp2}"
+    AGREE=""; case ",$MODES," in *,tp2,*) AGREE=perf_tests/test_agreement.py ;; esac  # agreement on TP=2 only
+    "$PY" -m pytest perf_tests/test_pcie.py $AGREE -m "pcie and not single" \
+        --llmperf-modes "$MODES" --llmperf-emulate-pcie on "${SWEEP[@]}" ;;
   nvlink)
-    "$PY" -m pytest perf_tests -m nvlink --llmperf-modes "${LLMPERF_MODES:-tp2,pp2}" --llmperf-emulate-pcie off \
-        "${SWEEP[@]}" ;;
-  *) echo "unknown phase $PHASE (single | pcie | nvlink)"; exit 2 ;;
+    "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes "${LLMPERF_MODES:-tp2,pp2}" \
+        --llmperf-emulate-pcie off "${SWEEP[@]}" ;;
+  dp)
+    "$PY" -m pytest perf_tests/test_pcie.py -m pcie --llmperf-modes dp2 --llmperf-emulate-pcie on "${SWEEP[@]}"
+    "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes dp2 --llmperf-emulate-pcie off "${SWEEP[@]}" ;;
+  moe)
+    "$PY" -m pytest perf_tests/test_pcie.py -m pcie --llmperf-modes single,tp2,ep2 --llmperf-emulate-pcie on \
+        --llmperf-model qwen3-30b-a3b "${SWEEP[@]}"
+    "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes tp2,ep2 --llmperf-emulate-pcie off \
+        --llmperf-model qwen3-30b-a3b "${SWEEP[@]}" ;;
+  rerun|regress)
+    EXTRA=(); [ "$PHASE" = regress ] && EXTRA=(--llmperf-engine-args "--max-num-seqs 32 --disable-custom-all-reduce")
+    "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes "${LLMPERF_MODES:-tp2}" \
+        --llmperf-emulate-pcie off "${SWEEP[@]}" "${EXTRA[@]}" ;;
+  *) echo "unknown phase $PHASE (single | pcie | nvlink | dp | moe | rerun | regress)"; exit 2 ;;
 esac
 status=$?
-pgrep -af vllm.entrypoints && echo "WARNING: vLLM processes left behind" || echo "no vLLM process left"
+pgrep -af "vllm.entrypoints|EngineCore|VllmWorker" && echo "WARNING: vLLM processes left behind" || echo "no vLLM process left"
+tar czf "$OUT/$PHASE.tgz" "$RES" $(ls -d baselines/gpu-* 2>/dev/null) 2>/dev/null
+ls -la "$OUT"
 exit $status

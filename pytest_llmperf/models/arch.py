@@ -1,0 +1,77 @@
+"""Architecture arithmetic for dense decoder models (Llama, Qwen2, Mistral families), from a ``config.json``.
+
+Used by the report's roofline line: at batch 1 every decode step reads every weight once, so
+``weight_bytes / memory_bandwidth`` is a floor on TPOT (the KV cache, a few hundred MB at these lengths, is
+left out and named as such). Pure functions; counts follow the Hugging Face modelling code: q/k/v/o
+projections (with the q/k/v biases of Qwen2), gated MLP (gate, up, down), two RMSNorms per layer, the final
+norm, the embedding and, unless tied, the LM head.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ArchFacts", "arch_facts", "preset_arch", "DTYPE_BYTES"]
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What the roofline and the communication model need to know about a model."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    params: int
+
+    def weight_bytes(self, dtype: str = "bfloat16") -> int:
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPE_BYTES)}")
+        return self.params * DTYPE_BYTES[dtype]
+
+    def kv_bytes_per_token(self, dtype: str = "bfloat16") -> int:
+        """Keys and values of one token over all layers."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[dtype]
+
+
+def arch_facts(config: Mapping[str, Any]) -> ArchFacts:
+    """Parameter count and shapes of a dense decoder from its ``config.json`` mapping."""
+    try:
+        h, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+        inter, heads, vocab = int(config["intermediate_size"]), int(config["num_attention_heads"]), int(config["vocab_size"])
+    except KeyError as exc:
+        raise ValueError(f"config.json lacks {exc.args[0]!r}: not a dense decoder config") from None
+    if "num_local_experts" in config or "num_experts" in config:
+        raise ValueError("mixture-of-experts configs are not dense: the weight-read floor needs the active experts")
+    kv = int(config.get("num_key_value_heads", heads))
+    head_dim = int(config.get("head_dim") or h // heads)
+    bias = config.get("model_type") == "qwen2"  # Qwen2 has biases on q, k and v
+    attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
+    if bias:
+        attn += heads * head_dim + 2 * kv * head_dim
+    mlp = 3 * h * inter
+    per_layer = attn + mlp + 2 * h
+    embed = vocab * h
+    head = 0 if config.get("tie_word_embeddings", False) else vocab * h
+    params = layers * per_layer + h + embed + head
+    return ArchFacts(layers, h, inter, heads, kv, head_dim, vocab, params)
+
+
+def preset_arch(name: str) -> ArchFacts:
+    """The facts of a preset by name (see :mod:`pytest_llmperf.models.presets`)."""
+    from importlib import resources
+
+    from pytest_llmperf.models.presets import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}")
+    text = resources.files("pytest_llmperf.models").joinpath("configs", PRESETS[name].config_file).read_text()
+    return arch_facts(json.loads(text))
