@@ -1,0 +1,82 @@
+"""What the planner reads from session results files: the single-GPU compute times and the measured TP/PP points.
+
+Results files are the session JSON (``pytest --llmperf-results``), plain or gzipped (``.json.gz``, as the study's
+files under docs/gpu-results/data). Each test's runs are reduced to the median over runs of each summary metric
+(a run is one sample, as in the gate).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.errors import UsageError
+from pytest_llmperf.plan.model import mode_label
+from pytest_llmperf.report.study import link_of, run_values
+
+__all__ = ["Measured", "load_results_file", "measured_points", "median_metric", "run_values"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One engine at one concurrency: medians over its runs (``None`` where a metric is missing)."""
+
+    link: str
+    mode: str
+    tp: int
+    pp: int
+    concurrency: int
+    input_len: int
+    output_len: int
+    tpot_ms: float | None
+    ttft_ms: float | None
+    throughput_tok_s: float | None
+    runs: int
+    model: str | None
+    dtype: str | None
+    gpu_model: str | None
+
+
+def load_results_file(path: str | Path) -> dict[str, Any]:
+    """A session results file (``.json`` or ``.json.gz``), validated; a :class:`UsageError` naming the file."""
+    from pytest_llmperf.report.json_io import validate_results
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"results file {p} does not exist")
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{p}: not a readable results file ({exc})") from exc
+    return validate_results(data, p)
+
+
+def median_metric(test: Mapping[str, Any], metric: str) -> float | None:
+    values = run_values(test, metric)
+    return statistics.median(values) if values else None
+
+
+def measured_points(results: Sequence[Mapping[str, Any]]) -> list[Measured]:
+    """Every measured test of every results dict, reduced to medians."""
+    out = []
+    for res in results:
+        fp = res.get("fingerprint") or {}
+        for test in res.get("tests") or []:
+            if not test.get("runs"):
+                continue
+            engine, wl = test.get("engine") or {}, test.get("workload") or {}
+            tp, pp = int(engine.get("tp") or 1), int(engine.get("pp") or 1)
+            out.append(Measured(
+                link=link_of(test, fp), mode=mode_label(tp, pp), tp=tp, pp=pp,
+                concurrency=int(wl.get("concurrency") or 0), input_len=int(wl.get("input_len") or 0),
+                output_len=int(wl.get("output_len") or 0), tpot_ms=median_metric(test, "tpot_p50_ms"),
+                ttft_ms=median_metric(test, "ttft_p50_ms"),
+                throughput_tok_s=median_metric(test, "output_throughput_tok_s"), runs=len(test["runs"]),
+                model=engine.get("model"), dtype=engine.get("dtype"), gpu_model=fp.get("gpu_model")))
+    return out

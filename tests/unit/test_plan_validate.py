@@ -1,0 +1,114 @@
+"""The planner against the study's committed 2 x H200 results: the validation the docs report, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.commands import plan as plan_cmd
+from pytest_llmperf.errors import UsageError
+from pytest_llmperf.models.arch import preset_arch
+from pytest_llmperf.plan.data import load_results_file, measured_points
+from pytest_llmperf.plan.predict import DEFAULT_OVERHEAD
+from pytest_llmperf.plan.validate import Validation, markdown_table, validate
+
+ROOT = Path(__file__).parents[2]
+DATA = sorted((ROOT / "docs" / "gpu-results" / "data").glob("results-*.json.gz"))
+pytestmark = pytest.mark.skipif(len(DATA) < 4, reason="the study's results files are not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def validation() -> Validation:
+    points = measured_points([load_results_file(p) for p in DATA])
+    return validate(preset_arch("deepseek-r1-distill-qwen-14b"), points)
+
+
+def test_tpot_within_the_stated_error_below_saturation(validation: Validation) -> None:
+    worst = validation.max_abs_error("tpot_ms", (1, 8))
+    assert worst is not None
+    assert worst <= 0.15
+    modes = {(r.calibrated_on, r.predicted_on, r.mode) for r in validation.rows}
+    assert {("NVLink", "emulated PCIe", "tp2"), ("emulated PCIe", "NVLink", "tp2"),
+            ("NVLink", "emulated PCIe", "pp2")} <= modes
+
+
+def test_docs_show_the_table_the_command_prints(validation: Validation) -> None:
+    assert markdown_table(validation) in (ROOT / "docs" / "planner.md").read_text()
+
+
+def test_default_overhead_is_the_nvlink_calibration(validation: Validation) -> None:
+    nvlink = validation.calibrations["tp2 on NVLink"]
+    for c, share in DEFAULT_OVERHEAD.tpot_share:
+        assert nvlink.tpot_share_at(c) == pytest.approx(share, abs=0.002)
+    for c, share in DEFAULT_OVERHEAD.ttft_share:
+        assert nvlink.ttft_share_at(c) == pytest.approx(share, abs=0.002)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="llmperf")
+    plan_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plan", *argv])
+    rc = args.func(args)
+    return rc, capsys.readouterr().out
+
+
+def test_cli_validate_passes_and_fails_on_tolerance(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = _run(capsys, *map(str, DATA), "--validate")
+    assert rc == 0
+    assert "validation PASS" in out
+    rc, out = _run(capsys, *map(str, DATA), "--validate", "--tolerance", "0.01")
+    assert rc == 1
+    assert "validation FAIL" in out
+
+
+def test_cli_predicts_tp_on_a_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    single = str(next(p for p in DATA if "single" in p.name))
+    rc, out = _run(capsys, single, "--tp", "2", "--link", "pcie4-nop2p", "--concurrency", "1,4")
+    rows = [line.split() for line in out.splitlines() if line.startswith("tp2 ")]
+    assert rc == 0
+    assert [r[1] for r in rows] == ["1", "4"]
+    assert float(rows[0][2]) < 9.2  # TP=2 beats the single GPU's 9.2 ms at concurrency 1
+    rc, out = _run(capsys, *map(str, DATA), "--what-if", "--slo-tpot-ms", "8")
+    assert "pp2 does not overtake tp2" in out
+    assert "measured (from RESULTS):" in out
+
+
+def test_cli_names_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    single = str(next(p for p in DATA if "single" in p.name))
+    with pytest.raises(UsageError, match="give --tp N or --pp N"):
+        _run(capsys, single)
+    with pytest.raises(UsageError, match="needs both --bandwidth-gbs and --latency-us"):
+        _run(capsys, single, "--tp", "2", "--bandwidth-gbs", "10")
+    with pytest.raises(UsageError, match="pick one with --calibrate-link"):
+        _run(capsys, *map(str, DATA), "--tp", "2", "--calibrate", "nvlink4")
+    with pytest.raises(UsageError, match="unknown preset 'nope'"):
+        _run(capsys, single, "--tp", "2", "--model", "nope")
+    bad = tmp_path / "x.json.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(UsageError, match="not a readable results file"):
+        _run(capsys, str(bad), "--tp", "2")
+
+
+def test_cli_calibration_reproduces_the_run_it_came_from(capsys: pytest.CaptureFixture[str]) -> None:
+    """Calibrated on the NVLink TP=2 runs, a TP=2 prediction on the NVLink preset gives back their medians."""
+    points = measured_points([load_results_file(p) for p in DATA])
+    measured = {p.concurrency: p.tpot_ms for p in points if p.link == "NVLink" and p.mode == "tp2"}
+    rc, out = _run(capsys, *map(str, DATA), "--tp", "2", "--link", "nvlink4", "--calibrate", "nvlink4",
+                   "--calibrate-link", "NVLink")
+    predicted = {int(r[1]): float(r[2]) for r in (line.split() for line in out.splitlines())
+                 if r and r[0] == "tp2"}
+    assert rc == 0
+    assert "calibrated on a TP=2 run over NVLink 4" in out
+    assert predicted == pytest.approx(measured, abs=0.006)  # printed with 2 decimals
+
+
+def test_cli_model_from_a_config_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    single = str(next(p for p in DATA if "single" in p.name))
+    config = ROOT / "pytest_llmperf" / "models" / "configs" / "deepseek-r1-distill-qwen-14b.json"
+    (tmp_path / "config.json").write_text(config.read_text())
+    _, by_preset = _run(capsys, single, "--pp", "2")
+    _, by_path = _run(capsys, single, "--pp", "2", "--model", str(tmp_path))
+    assert by_preset == by_path
+    assert "pp2" in by_path
