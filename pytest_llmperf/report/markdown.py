@@ -20,10 +20,9 @@ from pytest_llmperf.report.terminal import (
     NOT_MEASURABLE_NOTE,
     VERDICT_ORDER,
     cell,
-    config_rows,
     engine_starts_line,
+    grouped_rows,
     header_title,
-    input_len_key,
     metric_table,
     no_baseline_line,
     overall_verdict,
@@ -86,13 +85,8 @@ def _verdict_table(results: dict[str, Any], states: tuple[str, ...]) -> str | No
 
 def _metrics_tables(results: dict[str, Any]) -> list[str]:
     """One table per test group: the same median-of-runs figures as the terminal table."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in config_rows(results):
-        groups.setdefault(row["group"], []).append(row)
     out = []
-    for group, rows in groups.items():
-        rows.sort(key=lambda r: (r["mode"] != "single", r["mode"], r["concurrency"] or 0,
-                                 input_len_key(r["input_len"])))
+    for group, rows in grouped_rows(results).items():
         body, headers, align = metric_table(rows)
         out += [f"**`{group}`** (median of K runs)", "",
                 markdown_table(headers, body, "".join("l" if a == "left" else "r" for a in align)), ""]

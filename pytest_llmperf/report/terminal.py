@@ -22,6 +22,7 @@ __all__ = [
     "cell",
     "config_rows",
     "engine_starts_line",
+    "grouped_rows",
     "group_name",
     "header_title",
     "input_label",
@@ -323,13 +324,19 @@ def _any_not_measurable(results: dict[str, Any]) -> bool:
                for r in config_rows(results) for _, key, _ in TABLE_COLUMNS)
 
 
-def _group_tables(results: dict[str, Any]) -> list[str]:
+def grouped_rows(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`config_rows` by test group, each group in table order (mode, concurrency, input length)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in config_rows(results):
         groups.setdefault(row["group"], []).append(row)
-    blocks = []
-    for group, rows in groups.items():
+    for rows in groups.values():
         rows.sort(key=lambda r: (_mode_sort_key(r["mode"]), r["concurrency"] or 0, input_len_key(r["input_len"])))
+    return groups
+
+
+def _group_tables(results: dict[str, Any]) -> list[str]:
+    blocks = []
+    for group, rows in grouped_rows(results).items():
         body, headers, align = metric_table(rows)
         table = tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)
         blocks.append(f"{group} (median of K runs)\n{table}")
