@@ -2,8 +2,7 @@
 
 Every row names the test that injects its fault (``path::function`` or ``path::function[id]``); that test must
 exist. Every fault test (tests/unit/test_faults_engine.py, tests/unit/test_workflow_security.py and the
-"faults (issue 14)" section of tests/unit/test_client.py) must have a row. Rows of other layers not yet tied to
-a test say "to confirm" and name their layer; they are listed, not silently accepted as tested.
+"faults (issue 14)" section of tests/unit/test_client.py) must have a row.
 """
 
 from __future__ import annotations
@@ -44,8 +43,8 @@ def test_every_row_is_complete_and_names_an_existing_test() -> None:
         assert len(row) == len(COLUMNS) and all(row), row
         refs = _REF.findall(row[-1])
         if not refs:
-            assert row[-1] in ("same test (`omit_done`)", "same test (`truncate_after_tokens` + `omit_done`)") or \
-                re.fullmatch(r"(gate|ux): to confirm", row[-1]), f"row names no test: {row}"
+            assert row[-1] in ("same test (`omit_done`)", "same test (`truncate_after_tokens` + `omit_done`)"), \
+                f"row names no test: {row}"
             continue
         for path, name, param in refs:
             source = (ROOT / path).read_text()
@@ -58,11 +57,3 @@ def test_every_fault_test_has_a_row() -> None:
     named = {(path, name) for row in _rows() for path, name, _ in _REF.findall(row[-1])}
     missing = _fault_tests() - named
     assert not missing, f"fault tests without a row in docs/faults.md: {sorted(missing)}"
-
-
-def test_rows_left_to_other_layers_say_so() -> None:
-    pending = [row[0] for row in _rows() if "to confirm" in row[-1]]
-    for row in _rows():
-        if "to confirm" in row[-1]:
-            assert "lead to confirm" in row[1], row  # the cell says whose claim it is
-    assert all(p for p in pending)
