@@ -11,6 +11,6 @@ pytestmark = [pytest.mark.nvlink, pytest.mark.gpu]
 
 
 @pytest.mark.llmperf(slo={"max_failed": 0})
-def test_serving_nvlink(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):
+def test_serving_nvlink(llmperf_bench):
     """Throughput, TTFT p95, TPOT and power of one mode at one load point, GPUs joined by NVLink."""
     llmperf_bench.measure_and_gate()

@@ -19,6 +19,6 @@ pytestmark = pytest.mark.pcie
 
 
 @pytest.mark.llmperf(slo={"max_failed": 0})
-def test_serving(llmperf_mode, llmperf_concurrency, llmperf_input_len, llmperf_bench):
+def test_serving(llmperf_bench):
     """Throughput, TTFT p95, TPOT and (with NVML) power stability of one mode at one load point."""
     llmperf_bench.measure_and_gate()

@@ -1,7 +1,7 @@
 """The plugin's fixtures, all prefixed ``llmperf_``. They only wire the session's objects to tests.
 
 - ``llmperf_mode`` / ``llmperf_concurrency`` / ``llmperf_input_len`` / ``llmperf_request_rate``: sweep parameters;
-  a test that asks for them is parametrized from the config (``--llmperf-modes``, ``--llmperf-concurrency``,
+  a test that asks for them (``llmperf_bench`` asks for the first three itself) is parametrized from the config (``--llmperf-modes``, ``--llmperf-concurrency``,
   ``--llmperf-input-lens``, ``--llmperf-request-rates`` or ``[tool.llmperf]``).
 - ``llmperf_engine``: the running vLLM engine (a :class:`~pytest_llmperf.engine.server.VLLMServer`) for the
   test's spec, from the session-wide pool: each distinct spec starts once.
@@ -65,9 +65,13 @@ def llmperf_engine(request: pytest.FixtureRequest, llmperf_session: LLMPerfSessi
 
 
 @pytest.fixture
-def llmperf_bench(request: pytest.FixtureRequest, llmperf_session: LLMPerfSession,
-                  llmperf_engine: VLLMServer) -> Bench:
-    """Measure ``llmperf_engine`` with this test's workload: ``llmperf_bench.run()`` then ``.gate()``."""
+def llmperf_bench(request: pytest.FixtureRequest, llmperf_session: LLMPerfSession, llmperf_engine: VLLMServer,
+                  llmperf_mode: str, llmperf_concurrency: int, llmperf_input_len: int) -> Bench:
+    """Measure ``llmperf_engine`` with this test's workload: ``llmperf_bench.run()`` then ``.gate()``.
+
+    It depends on the mode, concurrency and input-length sweeps itself, so a test that only asks for
+    ``llmperf_bench`` is parametrized over them (ids ``single-c4-in64`` as before) without naming fixtures it
+    does not use. The request-rate sweep stays opt-in (naming ``llmperf_request_rate`` adds ``r<rate>`` ids)."""
     params: dict[str, Any] = {}
     callspec = getattr(request.node, "callspec", None)
     if callspec is not None:

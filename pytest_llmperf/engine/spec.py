@@ -133,8 +133,9 @@ class EngineSpec:
         return self.tp * self.pp * self.dp
 
     @property
-    def mode(self) -> str:
-        """``single``, ``tp``, ``pp``, ``tp+pp``, ``dp`` or ``ep``."""
+    def parallelism(self) -> str:
+        """The kind of layout: ``single``, ``tp``, ``pp``, ``tp+pp``, ``dp`` or ``ep`` (the *mode* is the label:
+        ``tp2``, the one meaning of "mode" in options, fixtures, test ids and reports)."""
         if self.expert_parallel:
             return "ep"
         if self.dp > 1:
@@ -158,7 +159,8 @@ class EngineSpec:
     def to_dict(self) -> dict[str, object]:
         """The engine dict of CONTRIBUTING-LAYERS.md (without engine_version, added once started)."""
         return {
-            "mode": self.mode, "label": self.label, "tp": self.tp, "pp": self.pp, "dp": self.dp,
+            "mode": self.label, "label": self.label, "parallelism": self.parallelism, "tp": self.tp, "pp": self.pp,
+            "dp": self.dp,
             "expert_parallel": self.expert_parallel, "model": self.model,
             "dtype": self.dtype, "backend": self.backend, "emulation": "pcie" if self.emulate_pcie else None,
             "max_model_len": self.max_model_len, "enforce_eager": self.enforce_eager,

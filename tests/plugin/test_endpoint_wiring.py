@@ -184,11 +184,11 @@ def test_request_rates_are_a_sweep_beside_concurrency(pytester: pytest.Pytester)
     result.assert_outcomes(passed=2)
     assert {t["workload"]["burstiness"] for t in results(pytester)["tests"]} == {0.5}
     ids = sorted(t["test_id"] for t in results(pytester)["tests"])
-    assert ids == ["test_inner.py::test_rate[c2-r100.5]", "test_inner.py::test_rate[c2-r50]"]
+    assert ids == ["test_inner.py::test_rate[single-c2-in32-r100.5]", "test_inner.py::test_rate[single-c2-in32-r50]"]
     rates = sorted(t["workload"]["request_rate"] for t in results(pytester)["tests"])
     assert rates == [50.0, 100.5]
     run(pytester).assert_outcomes(passed=1)
-    assert [t["test_id"] for t in results(pytester)["tests"]] == ["test_inner.py::test_rate[c2-closed]"]
+    assert [t["test_id"] for t in results(pytester)["tests"]] == ["test_inner.py::test_rate[single-c2-in32-closed]"]
 
 
 @pytest.mark.parametrize("rates", ["0", "-2", "1,x"])

@@ -134,7 +134,7 @@ def test_session_progress_is_live(pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     passed = out.index("PASSED")
     for k in (1, 2):
-        line = re.search(rf"\[llmperf\] test_live.py::test_x\[c2\]: run {k}/2: 4 requests, concurrency 2", out)
+        line = re.search(rf"\[llmperf\] test_live.py::test_x\[single-c2-in32\]: run {k}/2: 4 requests, concurrency 2", out)
         assert line is not None and line.start() < passed, out
     assert re.search(r"\[llmperf\] .*run 1/2: wave 2/2 done \(4/4 requests\)", out), out
     quiet.assert_outcomes(passed=1)

@@ -45,4 +45,4 @@ def test_dp_and_ep_reach_vllms_argv():
     assert ep[ep.index("--tensor-parallel-size") + 1] == "2" and "--enable-expert-parallel" in ep
     assert "--data-parallel-size" not in ep
     d = EngineSpec.from_mode("dp2ep", backend="gpu").to_dict()
-    assert (d["mode"], d["dp"], d["expert_parallel"], d["label"]) == ("ep", 2, True, "dp2ep")
+    assert (d["mode"], d["parallelism"], d["dp"], d["expert_parallel"]) == ("dp2ep", "ep", 2, True)
