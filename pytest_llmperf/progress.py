@@ -35,7 +35,7 @@ ENGINE_PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loading weights", ("Starting to load model", "Loading safetensors checkpoint", "Loading pt checkpoint")),
     ("weights loaded", ("Model loading took", "Loading weights took")),
     ("compiling (torch.compile)", ("Warming up model for the compilation", "Dynamo bytecode transform",
-                                   "Compiling a graph", "torch.compile", "Compiling model")),
+                                   "Compiling a graph", "torch.compile takes", "Compiling model")),
     ("profiling memory and sizing the KV cache", ("Available KV cache memory", "KV cache size",
                                                   "# GPU blocks", "# CPU blocks", "Maximum concurrency for")),
     ("capturing CUDA graphs", ("Capturing CUDA graph", "Capturing cudagraph", "CUDA graph capturing")),

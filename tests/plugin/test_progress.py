@@ -53,6 +53,16 @@ def test_cpu_startup_phases(upto: int, phase: str | None) -> None:
     assert detect_engine_phase(CPU_LOG[:upto]) == phase
 
 
+def test_a_line_that_disables_compilation_is_no_compile_phase() -> None:
+    """Seen in the CPU main job: the eager engine's first warning named torch.compile and the live line said
+    "compiling" 10 s before the engine process started."""
+    eager = ("(APIServer pid=17000) WARNING 11-23 05:31:00 [vllm.py:1703] Enforce eager set, disabling torch.compile, "
+             "CUDAGraphs, and JIT kernel warmup.")
+    assert detect_engine_phase([eager]) is None
+    compiled = "(EngineCore pid=1) INFO 11-23 05:31:40 [monitor.py:34] torch.compile takes 21.48 s in total"
+    assert detect_engine_phase([eager, compiled]) == "compiling (torch.compile)"
+
+
 def test_gpu_phases_and_capture_percentage() -> None:
     assert detect_engine_phase(GPU_CAPTURE[:1]) == "weights loaded"
     assert detect_engine_phase(GPU_CAPTURE[:2]) == "profiling memory and sizing the KV cache"
