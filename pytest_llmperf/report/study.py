@@ -45,8 +45,11 @@ def hbm_bandwidth_gbs(gpu_model: str | None) -> float | None:
 
 
 def link_of(test: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> str:
-    """The link a test's engine used: emulated PCIe, or the machine's interconnect; "one GPU" for single."""
+    """The link a test's engine used: emulated PCIe, or the machine's interconnect; "one GPU" for single;
+    "the CPU backend" for vLLM's CPU backend (ranks share host memory)."""
     engine = test.get("engine") or {}
+    if engine.get("backend") == "cpu":
+        return "the CPU backend"
     if int(engine.get("tp") or 1) * int(engine.get("pp") or 1) * int(engine.get("dp") or 1) == 1:
         return "one GPU"
     if engine.get("emulation") == "pcie":
@@ -153,6 +156,8 @@ def link_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     seen: dict[tuple[str, str], str] = {}
     for link, test, _ in _collect(results):
         engine = test.get("engine") or {}
+        if engine.get("backend") == "cpu":
+            continue  # ranks share host memory: no inter-GPU path to prove
         backends, transports = engine.get("allreduce_backends"), engine.get("nccl_transports")
         if not backends and not transports and "allreduce_fusion_reason" not in engine:
             continue

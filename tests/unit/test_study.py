@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_llmperf.models.arch import arch_facts, preset_arch
-from pytest_llmperf.report.study import crossover_lines, hbm_bandwidth_gbs, link_lines, roofline_lines
+from pytest_llmperf.report.study import crossover_lines, hbm_bandwidth_gbs, link_lines, link_of, roofline_lines
 from pytest_llmperf.stats.crossover import find_crossover, ratio_ci
 
 
@@ -161,3 +161,11 @@ def test_merging_an_nvlink_and_an_emulated_session_keeps_both_links_apart():
     # one link alone: labels stay as recorded
     assert [t["engine"]["label"] for t in merge_results([part("nvlink", None), part("nvlink", None)])["tests"]] == [
         "tp2", "single", "tp2", "single"]
+
+
+def test_cpu_backend_engines_are_named_as_such_and_have_no_link_line():
+    tp = _test("tp2", 2, 1, 1, [6.0, 6.1], [160.0, 161.0])
+    tp["engine"].update(backend="cpu", allreduce_fusion_off=False, allreduce_fusion_reason="no TP group on a GPU")
+    results = [{"fingerprint": {"interconnect": "none"}, "tests": [tp]}]
+    assert link_of(tp, results[0]["fingerprint"]) == "the CPU backend"
+    assert link_lines(results) == []
