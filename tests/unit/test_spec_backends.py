@@ -32,7 +32,7 @@ def test_parse_mode_bad_names_the_mode(mode: str) -> None:
 ])
 def test_spec_label_mode_world_size(mode: str, label: str, kind: str, world: int) -> None:
     spec = EngineSpec.from_mode(mode)
-    assert (spec.label, spec.mode, spec.world_size) == (label, kind, world)
+    assert (spec.label, spec.parallelism, spec.world_size) == (label, kind, world)
     assert spec.to_dict()["label"] == label
 
 
