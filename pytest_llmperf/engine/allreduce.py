@@ -79,8 +79,7 @@ def decide_fusion(*, backend: str, tp: int, emulate_pcie: bool, choice: str, ext
     """
     if choice not in FUSION_CHOICES:
         raise ValueError(f"all-reduce fusion setting {choice!r}: use one of {', '.join(FUSION_CHOICES)}")
-    if any(a == "--compilation-config" or a.startswith("--compilation-config=") or a == "-O" or a.startswith("-O")
-           for a in extra_args):
+    if any(a == "--compilation-config" or a.startswith(("--compilation-config=", "-O")) for a in extra_args):
         return FusionDecision(False, "the engine arguments carry their own --compilation-config")
     if backend != "gpu" or tp < 2:
         return FusionDecision(False, "no TP group on a GPU")
