@@ -23,7 +23,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def test_run_writes_json_and_table(tmp_path, capsys, caplog):
     out = tmp_path / "sub" / "r.json"
     caplog.set_level("INFO")
-    with scripted_server(ttft_s=0.005, itl_s=0.001) as srv:
+    # 20 ms between tokens: at 1 ms a busy 2-core CI runner read several SSE events in one read, so most
+    # inter-token gaps measured 0.0 ms and the ITL p50 was 0 (seen in CI).
+    with scripted_server(ttft_s=0.005, itl_s=0.02) as srv:
         args = _parse(["--endpoint", srv.endpoint, "--model", MODEL, "--concurrency", "2", "--num-requests", "4",
                        "--input-len", "6:9", "--output-len", "5", "--seed", "3", "--warmup", "1", "--json", str(out)])
         assert args.func is run_cmd.main
