@@ -157,7 +157,8 @@ class Bench:
             try:
                 with meter.measure() as measurement, _measure_server(monitor) as server_box:
                     load = run_load(self.server.endpoint, self.server.served_model_name, workload, vocab_size=vocab,
-                                    progress=waves, engine_label=spec.label, prompts=prompts, chat=c.api == "chat")
+                                    progress=waves, engine_label=spec.label, prompts=prompts, chat=c.api == "chat",
+                                    on_measure_start=server_box.mark_start if server_box is not None else None)
             except LoadAborted as exc:
                 self.server.check_alive()  # a dead engine's log beats the stall message
                 pytest.fail(f"{self.test_id}: {exc}", pytrace=False)
@@ -172,11 +173,12 @@ class Bench:
             server = server_box.result if server_box is not None else None
             server_dict = server.to_dict() if server is not None else None
             if server is not None and server_dict is not None:
-                # the scrape window of the first run also holds its warmup requests (the runner sends them in the
-                # same call); with later runs to judge by, its server_* figures stay out of the gated summary
-                if workload.warmup_requests:
+                # the runner reopens the scrape window after the warmup requests; if that scrape failed, the first
+                # run's window still holds them and, with later runs to judge by, its server_* stay out of the gate
+                warm_inside = bool(workload.warmup_requests) and not server_box.restarted
+                if warm_inside:
                     server_dict["warmup_requests_in_window"] = int(workload.warmup_requests)
-                if not (workload.warmup_requests and repeats > 1):
+                if not (warm_inside and repeats > 1):
                     summary.update(server.summary())
                 if not server.available and k == 0:
                     ctx.note(f"{self.test_id}: server metrics unavailable: {server.reason}")

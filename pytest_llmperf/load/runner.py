@@ -165,6 +165,7 @@ async def run_load_async(
     chat: bool = False,
     engine_label: str | None = None,
     headers: Mapping[str, str] | None = None,
+    on_measure_start: Callable[[], None] | None = None,
 ) -> LoadRun:
     """The coroutine behind :func:`run_load` (same arguments)."""
     where = f"engine {engine_label} at {endpoint}" if engine_label else f"endpoint {endpoint}"
@@ -172,7 +173,8 @@ async def run_load_async(
                         int(workload.total_requests))
     work = asyncio.ensure_future(_run(endpoint, model, workload, watchdog, progress=progress, prompts=prompts,
                                       vocab_size=vocab_size, chat=chat,
-                                      headers=auth_headers() if headers is None else dict(headers)))
+                                      headers=auth_headers() if headers is None else dict(headers),
+                                      on_measure_start=on_measure_start))
     guard = asyncio.ensure_future(watchdog.watch())
     try:
         await asyncio.wait({work, guard}, return_when=asyncio.FIRST_COMPLETED)
@@ -188,7 +190,7 @@ async def run_load_async(
 
 async def _run(endpoint: str, model: str, workload: Workload, watchdog: Watchdog, *,
                progress: ProgressFn | None, prompts: Sequence[PromptLike] | None, vocab_size: int, chat: bool,
-               headers: dict[str, str]) -> LoadRun:
+               headers: dict[str, str], on_measure_start: Callable[[], None] | None = None) -> LoadRun:
     prompt_rng, arrival_rng = run_generators(workload.seed)
     requests = build_requests(workload, prompt_rng, vocab_size=vocab_size, prompts=prompts)
     n_warm = int(workload.warmup_requests)
@@ -228,6 +230,8 @@ async def _run(endpoint: str, model: str, workload: Workload, watchdog: Watchdog
         # concurrent). Collect now, outside the measurement, and freeze what exists so collections during
         # the measured requests only traverse objects created since. (Unfrozen after, unless someone else in
         # this process had frozen objects already: gc.unfreeze() would undo theirs too.)
+        if on_measure_start is not None:
+            on_measure_start()  # e.g. the /metrics scrape that opens the measured window (warmup done, none in flight)
         was_frozen = gc.get_freeze_count() > 0
         gc.collect()
         gc.freeze()
@@ -270,6 +274,7 @@ def run_load(
     chat: bool = False,
     engine_label: str | None = None,
     headers: Mapping[str, str] | None = None,
+    on_measure_start: Callable[[], None] | None = None,
 ) -> LoadRun:
     """Run ``workload`` against ``endpoint`` (OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``).
 
@@ -281,10 +286,13 @@ def run_load(
     posts to ``/chat/completions`` instead of ``/completions``. Works from a thread with a running event loop
     too (it then runs in a helper thread). ``engine_label`` names the engine in stall/deadline errors
     (:class:`~pytest_llmperf.errors.RunStalled`, :class:`~pytest_llmperf.errors.RunDeadlineExceeded`).
+    ``on_measure_start()`` is called once the warmup requests have finished and before the first measured one is
+    sent (nothing in flight): a server-metrics monitor opens its window there, so warmup stays out of it.
     """
     def coro() -> Coroutine[Any, Any, LoadRun]:
         return run_load_async(endpoint, model, workload, progress=progress, prompts=prompts, vocab_size=vocab_size,
-                              chat=chat, engine_label=engine_label, headers=headers)
+                              chat=chat, engine_label=engine_label, headers=headers,
+                              on_measure_start=on_measure_start)
 
     try:
         asyncio.get_running_loop()

@@ -248,12 +248,33 @@ def scrape(url: str, headers: Mapping[str, str] | None = None, timeout_s: float 
 
 
 class _Box:
-    result: ServerMetrics | None = None
+    """What :meth:`ServerMetricsMonitor.measure` yields: ``result`` after the block; ``mark_start()`` moves the
+    window's opening scrape to now (called by the load runner once its warmup requests are done)."""
+
+    def __init__(self, monitor: ServerMetricsMonitor | None = None) -> None:
+        self.result: ServerMetrics | None = None
+        self.before: Snapshot | None = None
+        self.samples: list[Snapshot] = []
+        self.restarted = False
+        self._monitor = monitor
+
+    def mark_start(self) -> None:
+        """Open the window here: scrape again; samples taken before it are left out of the peaks (a failed scrape
+        keeps the old opening scrape, so the window then still holds what came before, and ``restarted`` is
+        False)."""
+        if self._monitor is None or self.before is None:
+            return
+        try:
+            self.before = scrape(self._monitor.url, self._monitor.headers, self._monitor.timeout_s)
+        except ScrapeError:
+            return
+        self.restarted = True
 
 
 class ServerMetricsMonitor:
     """Scrape ``url`` around a run: ``with monitor.measure() as box: run(); box.result`` is a
     :class:`ServerMetrics` (``available=False`` with the reason when ``/metrics`` is absent or unreachable).
+    ``box.mark_start()`` inside the block moves the start of the window (past a warmup).
     Headers default to the endpoint credentials (``LLMPERF_API_KEY`` / ``LLMPERF_HEADERS``)."""
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, interval_s: float = 0.5,
@@ -268,20 +289,19 @@ class ServerMetricsMonitor:
 
     @contextmanager
     def measure(self) -> Iterator[_Box]:
-        box = _Box()
+        box = _Box(self)
         try:
-            before = scrape(self.url, self.headers, self.timeout_s)
+            box.before = scrape(self.url, self.headers, self.timeout_s)
         except ScrapeError as exc:
             box.result = ServerMetrics(False, str(exc))
             yield box
             return
-        samples: list[Snapshot] = []
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(self.interval_s):
                 try:
-                    samples.append(scrape(self.url, self.headers, self.timeout_s))
+                    box.samples.append(scrape(self.url, self.headers, self.timeout_s))
                 except ScrapeError:
                     continue  # a missed sample only loses peak resolution
 
@@ -297,4 +317,5 @@ class ServerMetricsMonitor:
             except ScrapeError as exc:
                 box.result = ServerMetrics(False, f"the /metrics scrape after the run failed: {exc}")
             else:
-                box.result = window(before, after, list(samples))
+                opened = box.before.t_unix_s
+                box.result = window(box.before, after, [snap for snap in list(box.samples) if snap.t_unix_s >= opened])

@@ -147,6 +147,18 @@ def test_monitor_against_scripted_vllm_metrics():
     assert m.server_ttft_mean_ms <= client_ttft_mean_ms  # the client's TTFT contains the server's
 
 
+def test_window_opens_after_the_warmup_when_the_runner_marks_it():
+    with scripted_server(ttft_s=0.005, itl_s=0.01) as srv:
+        monitor = ServerMetricsMonitor(srv.metrics_url, interval_s=0.01)
+        wl = Workload(num_requests=4, warmup_requests=3, concurrency=2, output_len=4)
+        with monitor.measure() as marked:
+            run_load(srv.endpoint, srv.script.model, wl, on_measure_start=marked.mark_start)
+        with monitor.measure() as unmarked:
+            run_load(srv.endpoint, srv.script.model, wl)
+    assert marked.restarted and marked.result.requests == 4      # the 3 warmup requests are outside the window
+    assert not unmarked.restarted and unmarked.result.requests == 7
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
