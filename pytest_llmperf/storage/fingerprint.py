@@ -44,6 +44,10 @@ class Fingerprint:
     dtype: str | None = None
     tp: int = 1
     pp: int = 1
+    #: data-parallel replicas and expert parallelism (``dp2``, ``ep2``); a baseline written before these fields
+    #: existed reads as 1 / False, which is what it measured
+    dp: int = 1
+    expert_parallel: bool = False
     cpu_model: str | None = None
     cpu_cores: int | None = None
     gpu_model: str | None = None
@@ -121,10 +125,12 @@ class Fingerprint:
         for required in ("backend", "engine", "engine_version"):
             if not isinstance(d.get(required), str):
                 raise UsageError(f"{source}: field {required!r} must be a string, got {d.get(required)!r}")
-        for name in ("tp", "pp", "gpu_count", "cpu_cores"):
+        for name in ("tp", "pp", "dp", "gpu_count", "cpu_cores"):
             value = d.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"{source}: field {name!r} must be an integer, got {value!r}")
+        if not isinstance(d.get("expert_parallel", False), bool):
+            raise UsageError(f"{source}: field 'expert_parallel' must be true or false, got {d['expert_parallel']!r}")
         extra = {k: v for k, v in d.items() if k not in known and k != "extra"}
         for key, value in extra.items():
             if not isinstance(value, (str, int, float, bool)) and value is not None:
@@ -153,8 +159,10 @@ def collect_cpu_facts() -> dict[str, Any]:
 
 
 def fingerprint_for_test(session_fp: Fingerprint, engine: Mapping[str, Any]) -> Fingerprint:
-    """The session's (hardware) fingerprint specialised to one test's engine: model, dtype, tp, pp."""
-    overrides = {k: engine[k] for k in ("model", "dtype", "tp", "pp") if engine.get(k) is not None}
+    """The session's (hardware) fingerprint specialised to one test's engine: model, dtype and its parallelism
+    (tp, pp, dp, expert_parallel)."""
+    overrides = {k: engine[k] for k in ("model", "dtype", "tp", "pp", "dp", "expert_parallel")
+                 if engine.get(k) is not None}
     return Fingerprint.from_dict({**session_fp.to_dict(), **overrides})
 
 

@@ -18,7 +18,7 @@ from pytest_llmperf.commands.baseline import update_baselines
 from pytest_llmperf.errors import BaselineError, LLMPerfError, UsageError
 from pytest_llmperf.gate.settings import GateSettings
 from pytest_llmperf.storage.baselines import Baseline, BaselineStore, Provenance, safe_file_name
-from pytest_llmperf.storage.fingerprint import Fingerprint
+from pytest_llmperf.storage.fingerprint import Fingerprint, fingerprint_for_test
 
 def cli_main(argv: list[str]) -> int:
     """The llmperf CLI's dispatch (cli.main), restricted to the two commands under test."""
@@ -156,6 +156,20 @@ def test_fingerprint_ids_and_differences() -> None:
     with pytest.raises(UsageError, match="'interconnect'"):
         Fingerprint.from_dict({**a.to_dict(), "interconnect": "infiniband"})
 
+
+
+def test_fingerprint_names_data_and_expert_parallelism_and_reads_old_baselines() -> None:
+    gpu = {"gpu_model": "NVIDIA H200", "gpu_count": 2, "interconnect": "nvlink", "driver": "580", "cuda": "13.0"}
+    session = Fingerprint.build(engine="vllm", engine_version="0.26.0", gpu_facts=gpu, cpu_facts={})
+    single = fingerprint_for_test(session, {"model": "m", "tp": 1, "pp": 1, "dp": 1, "expert_parallel": False})
+    dp2 = fingerprint_for_test(session, {"model": "m", "tp": 1, "pp": 1, "dp": 2, "expert_parallel": False})
+    ep2 = fingerprint_for_test(session, {"model": "m", "tp": 2, "pp": 1, "dp": 1, "expert_parallel": True})
+    assert single.differences(dp2) == ["dp: 1 != 2"]
+    assert "expert_parallel: False != True" in single.differences(ep2)
+    old = {k: v for k, v in single.to_dict().items() if k not in ("dp", "expert_parallel")}  # written before them
+    assert Fingerprint.from_dict(old).differences(single) == []
+    with pytest.raises(UsageError, match="'expert_parallel' must be true or false"):
+        Fingerprint.from_dict({**single.to_dict(), "expert_parallel": "yes"})
 
 def results(values: list[float], test_id: str = TEST_ID) -> dict:
     fp = json.loads((GOLDEN / "valid_baseline.json").read_text())["fingerprint"]
