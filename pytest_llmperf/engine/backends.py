@@ -18,9 +18,12 @@ import sys
 from dataclasses import dataclass
 
 from pytest_llmperf.engine.allreduce import FUSION_OFF_CONFIG, PCIE_EMULATION_ENV, FusionDecision, decide_fusion
-from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.models.presets import ModelPaths, resolve_model
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_llmperf.engine.spec import EngineSpec
 
 __all__ = ["LaunchPlan", "plan_launch", "cpu_thread_binding", "unsupported_reason", "SERVER_MODULE",
            "PCIE_EMULATION_ENV"]

@@ -20,12 +20,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import EndpointUnreachable, EngineDiedError, UsageError
 from pytest_llmperf.load.auth import auth_headers, redact
 from pytest_llmperf.storage.fingerprint import Fingerprint
+
+if TYPE_CHECKING:
+    from pytest_llmperf.engine.spec import EngineSpec
 
 __all__ = ["ExternalEngine", "ServerInfo", "probe_server", "parse_hardware_label", "backend_from_label",
            "HARDWARE_ENV", "UNLABELLED_HARDWARE"]

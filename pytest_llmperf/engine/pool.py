@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_llmperf.engine.server import VLLMServer
-from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import EngineStartError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_llmperf.engine.spec import EngineSpec
 
 __all__ = ["EnginePool", "EngineStart"]
 

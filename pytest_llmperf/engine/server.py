@@ -31,9 +31,12 @@ from pytest_llmperf.engine import guard
 from pytest_llmperf.engine.allreduce import (LinkEvidence, capture_failure_hint, emulation_violations,
                                              parse_link_evidence)
 from pytest_llmperf.engine.backends import LaunchPlan, plan_launch
-from pytest_llmperf.engine.spec import EngineSpec
 from pytest_llmperf.errors import EngineDiedError, EngineStartError, UsageError
 from pytest_llmperf.progress import detect_engine_phase, engine_phase_line
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_llmperf.engine.spec import EngineSpec
 
 __all__ = ["VLLMServer", "free_port", "port_in_use", "descendants", "log_tail", "error_summary", "fatal_line",
            "FATAL_STARTUP_MARKERS"]

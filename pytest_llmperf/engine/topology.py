@@ -182,15 +182,15 @@ def _nvml_links(nvml: ModuleType, handles: Sequence[Any]) -> dict[tuple[int, int
     from pytest_llmperf.telemetry.nvml import decode  # noqa: PLC0415
 
     n = len(handles)
-    bus = [_safe(lambda h=h: decode(nvml.nvmlDeviceGetPciInfo(h).busId).lower(), "") for h in handles]
+    bus = [_safe(lambda: decode(nvml.nvmlDeviceGetPciInfo(h).busId).lower(), "") for h in handles]
     direct: Counter[tuple[int, int]] = Counter()
     switch_links = [0] * n
     max_links = int(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18))
     for i, h in enumerate(handles):
         for link in range(max_links):
-            if _safe(lambda h=h, link=link: nvml.nvmlDeviceGetNvLinkState(h, link), 0) != 1:
+            if _safe(lambda: nvml.nvmlDeviceGetNvLinkState(h, link), 0) != 1:
                 continue
-            remote = _safe(lambda h=h, link=link: decode(nvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId).lower(), "")
+            remote = _safe(lambda: decode(nvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId).lower(), "")
             if remote and remote in bus and bus.index(remote) != i:
                 j = bus.index(remote)
                 direct[(min(i, j), max(i, j))] += 1
@@ -202,16 +202,16 @@ def _nvml_links(nvml: ModuleType, handles: Sequence[Any]) -> dict[tuple[int, int
     links = {}
     for a in range(n):
         for b in range(a + 1, n):
-            p2p_status = _safe(lambda a=a, b=b: nvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], read_idx))
+            p2p_status = _safe(lambda: nvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], read_idx))
             p2p = None if p2p_status is None else p2p_status == 0
             n_direct = (direct[(a, b)] + 1) // 2  # each link is seen from both ends
             n_switch = min(switch_links[a], switch_links[b])
-            nvlink_p2p = _safe(lambda a=a, b=b: nvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], nvlink_idx)) == 0
+            nvlink_p2p = _safe(lambda: nvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], nvlink_idx)) == 0
             if n_direct or n_switch or nvlink_p2p:
                 detail = f"NV{n_direct or n_switch}" if (n_direct or n_switch) else "NVLink"
                 links[(a, b)] = Link("nvlink", p2p, detail)
             else:
-                level = _safe(lambda a=a, b=b: nvml.nvmlDeviceGetTopologyCommonAncestor(handles[a], handles[b]))
+                level = _safe(lambda: nvml.nvmlDeviceGetTopologyCommonAncestor(handles[a], handles[b]))
                 links[(a, b)] = Link("pcie", p2p, _ANCESTOR_NAMES.get(level, "") if level is not None else "")
     return links
 
@@ -230,8 +230,8 @@ def topology_from_nvml(nvml: ModuleType | None = None) -> Topology | None:
         handles = [module.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         gpus = tuple(
             GpuInfo(i, _nvml.decode(module.nvmlDeviceGetName(h)),
-                    int(_safe(lambda h=h: module.nvmlDeviceGetMemoryInfo(h).total, 0)) // (1024 * 1024),
-                    _safe(lambda h=h: _nvml.decode(module.nvmlDeviceGetUUID(h)), ""))
+                    int(_safe(lambda: module.nvmlDeviceGetMemoryInfo(h).total, 0)) // (1024 * 1024),
+                    _safe(lambda: _nvml.decode(module.nvmlDeviceGetUUID(h)), ""))
             for i, h in enumerate(handles))
         links = _nvml_links(module, handles)
         driver = _safe(lambda: _nvml.decode(module.nvmlSystemGetDriverVersion()))

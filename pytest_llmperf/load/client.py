@@ -33,12 +33,14 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import aiohttp
 
-from pytest_llmperf.load.prompts import SampleRequest
 from pytest_llmperf.records import RequestRecord
+
+if TYPE_CHECKING:
+    from pytest_llmperf.load.prompts import SampleRequest
 
 __all__ = ["StreamAccount", "build_payload", "stream_request", "ERROR_BODY_MAX_CHARS"]
 

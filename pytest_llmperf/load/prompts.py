@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Union, TYPE_CHECKING
 
-import numpy as np
 
 from pytest_llmperf.errors import UsageError
-from pytest_llmperf.load.workload import Workload
+
+if TYPE_CHECKING:
+    from pytest_llmperf.load.workload import Workload
+    import numpy as np
 
 __all__ = ["SampleRequest", "DatasetPrompt", "PromptLike", "synthetic_prompt", "build_requests", "LOW_TOKEN_ID",
            "HIGH_TOKEN_ID_CAP"]

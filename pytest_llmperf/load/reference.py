@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 from pytest_llmperf.load.prompts import SampleRequest, build_requests
 from pytest_llmperf.load.runner import run_generators, run_load
-from pytest_llmperf.load.workload import Workload
+
+if TYPE_CHECKING:
+    from pytest_llmperf.load.workload import Workload
 
 __all__ = ["vllm_client_outputs", "vllm_client_run", "ours_run", "ClientFigures", "p50"]
 

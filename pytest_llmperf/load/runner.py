@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import aiohttp
 import numpy as np
@@ -37,8 +37,10 @@ from pytest_llmperf.load.arrivals import send_offsets_s
 from pytest_llmperf.load.auth import auth_headers
 from pytest_llmperf.load.client import stream_request
 from pytest_llmperf.load.prompts import PromptLike, SampleRequest, build_requests
-from pytest_llmperf.load.workload import Workload
 from pytest_llmperf.records import LoadWindow, RequestRecord
+
+if TYPE_CHECKING:
+    from pytest_llmperf.load.workload import Workload
 
 __all__ = ["LoadRun", "run_load", "run_load_async", "check_endpoint", "run_generators", "PREFLIGHT_TIMEOUT_S",
            "Watchdog"]

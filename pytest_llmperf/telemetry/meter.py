@@ -12,13 +12,15 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable, TYPE_CHECKING
 
 from pytest_llmperf.errors import UsageError
-from pytest_llmperf.records import LoadWindow
 from pytest_llmperf.telemetry import nvml as _nvml
 from pytest_llmperf.telemetry.power import PowerReport, analyze_power
 from pytest_llmperf.telemetry.sampler import NvmlSampler, PowerTrace
+
+if TYPE_CHECKING:
+    from pytest_llmperf.records import LoadWindow
 
 __all__ = ["EnergyMeter", "Measurement", "NvmlMeter", "NullMeter", "make_meter"]
 

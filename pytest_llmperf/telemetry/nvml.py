@@ -97,7 +97,7 @@ def nvml_shutdown() -> None:
 
 @contextmanager
 def nvml_session() -> Iterator[ModuleType]:
-    """``with nvml_session() as nvml:`` init on entry, shutdown on exit."""
+    """NVML initialised on entry and shut down on exit; the block receives the pynvml module."""
     nvml = nvml_init()
     try:
         yield nvml

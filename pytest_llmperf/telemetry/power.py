@@ -24,7 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pytest_llmperf.records import LoadWindow
-from pytest_llmperf.telemetry.sampler import PowerTrace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_llmperf.telemetry.sampler import PowerTrace
 
 __all__ = [
     "GpuPower",

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -78,10 +78,13 @@ class PowerTrace:
         return {name: getattr(self, name)[mask][order] for name in _ARRAYS}
 
     @classmethod
-    def from_columns(cls, columns: dict[str, Sequence[float]], *, power_source: dict[int, str] | None = None,
+    def from_columns(cls, columns: Mapping[str, Sequence[float | None] | None], *, power_source: dict[int, str] | None = None,
                      notes: Sequence[str] = ()) -> PowerTrace:
         """Build from column lists; missing optional columns become NaN (or -1 for the throttle mask)."""
-        n = len(columns["t_unix_s"])
+        times = columns.get("t_unix_s")
+        if times is None:
+            raise UsageError("a power trace needs its t_unix_s column")
+        n = len(times)
         arrays: dict[str, np.ndarray] = {}
         for name in _ARRAYS:
             values = columns.get(name)

@@ -22,21 +22,7 @@ RUFF_RULES = ["--select", "PT,D,TC,F",
               # style (summary and closing quotes may share lines; "vLLM" starts lowercase)
               "--ignore", "D1,D200,D202,D203,D205,D209,D212,D213,D301,D400,D401,D403,D413,D415,TC003"]
 #: file -> Counter of rule codes (ruff) or "mypy" still allowed there
-KNOWN: dict[str, dict[str, int]] = {
-    "pytest_llmperf/engine/backends.py": {"TC001": 1},
-    "pytest_llmperf/engine/external.py": {"TC001": 1, "mypy": 1},
-    "pytest_llmperf/engine/pool.py": {"TC001": 1},
-    "pytest_llmperf/engine/server.py": {"TC001": 1},
-    "pytest_llmperf/engine/topology.py": {"mypy": 8},
-    "pytest_llmperf/load/client.py": {"TC001": 1},
-    "pytest_llmperf/load/prompts.py": {"TC001": 1, "TC002": 1},
-    "pytest_llmperf/load/reference.py": {"TC001": 1},
-    "pytest_llmperf/load/runner.py": {"TC001": 1},
-    "pytest_llmperf/telemetry/meter.py": {"TC001": 1},
-    "pytest_llmperf/telemetry/nvml.py": {"D402": 1},
-    "pytest_llmperf/telemetry/power.py": {"TC001": 1},
-    "pytest_llmperf/telemetry/sampler.py": {"mypy": 2},
-}
+KNOWN: dict[str, dict[str, int]] = {}
 
 
 def tool(name: str) -> str:
