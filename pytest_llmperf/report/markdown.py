@@ -2,7 +2,8 @@
 
 Order: a title carrying the overall verdict, the regressions and other failures (one line each, the verdict's
 own ``message``), the verdict table (each interval with its own confidence level), a metrics table for every
-test group, the seed-study comparison (a cell that cannot be measured never wins), study lines, the run's
+test group, the server's side (vLLM ``/metrics``: the median of the runs' ``server_*`` keys), the saturation
+searches (the answer, and each search's points in a ``<details>`` block), the seed-study comparison (a cell that cannot be measured never wins), study lines, the run's
 header (hardware or endpoint, emulation, engine version, engine start times, notes) and the plots. GitHub
 renders pipe tables; every cell is escaped so a ``|`` in a test id cannot break a row.
 
@@ -16,6 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.report.server_tables import (
+    saturation_lines,
+    saturation_points_table,
+    saturation_tests,
+    server_table,
+    server_unavailable_line,
+)
 from pytest_llmperf.report.terminal import (
     NOT_MEASURABLE_NOTE,
     VERDICT_ORDER,
@@ -83,14 +91,46 @@ def _verdict_table(results: dict[str, Any], states: tuple[str, ...]) -> str | No
                            "ratio CI (level)", "p"], rows, "llllrrrrr")
 
 
+def _align(align: tuple[str, ...]) -> str:
+    return "".join("l" if a == "left" else "r" for a in align)
+
+
 def _metrics_tables(results: dict[str, Any]) -> list[str]:
     """One table per test group: the same median-of-runs figures as the terminal table."""
     out = []
     for group, rows in grouped_rows(results).items():
         body, headers, align = metric_table(rows)
         out += [f"**`{group}`** (median of K runs)", "",
-                markdown_table(headers, body, "".join("l" if a == "left" else "r" for a in align)), ""]
+                markdown_table(headers, body, _align(align)), ""]
     return out[:-1]
+
+
+def _server_section(results: dict[str, Any]) -> list[str]:
+    """The server-side table (median of the runs' ``server_*`` keys) and the line naming the tests without."""
+    body, headers, align = server_table([r for rows in grouped_rows(results).values() for r in rows])
+    out = []
+    if body:
+        note = ("Median of K runs; times in ms. The client's TTFT includes the network, HTTP and detokenisation time the "
+                "server's does not.")
+        out += [note, "", markdown_table(headers, body, _align(align))]
+    unavailable = server_unavailable_line(results)
+    if unavailable:
+        out += ["", unavailable] if out else [unavailable]
+    return out
+
+
+def _saturation_section(results: dict[str, Any]) -> list[str]:
+    """Per saturation test: its answer as a list, the points of every search in a ``<details>`` block."""
+    out: list[str] = []
+    for test in saturation_tests(results):
+        title, *lines = saturation_lines(test)
+        body, headers, align = saturation_points_table(test)
+        name, _, rest = title.partition(": ")
+        n = len(test["searches"])
+        summary = f"<details><summary>{len(body)} points of {n} search{'es' if n != 1 else ''}</summary>"
+        out += [*([""] if out else []), f"**`{name}`**: {rest}", "", *(f"- {line}" for line in lines), "",
+                summary, "", markdown_table(headers, body, _align(align)), "", "</details>"]
+    return out
 
 
 def _seed_table(results: dict[str, Any]) -> str | None:
@@ -165,6 +205,12 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
     tables = _metrics_tables(results)
     if tables:
         out += ["", "## Metrics", "", *tables]
+    server = _server_section(results)
+    if server:
+        out += ["", "## Server side (vLLM /metrics)", "", *server]
+    saturation = _saturation_section(results)
+    if saturation:
+        out += ["", "## Saturation search", "", *saturation]
     seed = _seed_table(results)
     if seed is not None:
         out += ["", "## Seed study: modes side by side", "",

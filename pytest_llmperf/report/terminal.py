@@ -1,4 +1,5 @@
-"""Terminal report: verdicts first, one table per test group, then the seed-study comparison.
+"""Terminal report: verdicts first, one table per test group, the server's side (vLLM ``/metrics``), the
+saturation searches, then the seed-study comparison.
 
 Also the small table model the other renderers share (:func:`config_rows`, :func:`seed_study`,
 :func:`verdicts_by_state`): every figure shown is the median across a configuration's runs of the per-run
@@ -14,6 +15,15 @@ from collections import Counter
 from typing import Any
 
 from tabulate import tabulate
+
+from pytest_llmperf.report.server_tables import (
+    SERVER_TITLE,
+    saturation_lines,
+    saturation_points_table,
+    saturation_tests,
+    server_table,
+    server_unavailable_line,
+)
 
 __all__ = [
     "NOT_MEASURABLE",
@@ -343,6 +353,30 @@ def _group_tables(results: dict[str, Any]) -> list[str]:
     return blocks
 
 
+def _server_block(results: dict[str, Any]) -> str | None:
+    """The server-side table (medians of the runs' ``server_*`` keys) and the line naming the tests without."""
+    body, headers, align = server_table([r for rows in grouped_rows(results).values() for r in rows])
+    lines = []
+    if body:
+        lines += [SERVER_TITLE,
+                  tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)]
+    unavailable = server_unavailable_line(results)
+    if unavailable:
+        lines.append(unavailable)
+    return "\n".join(lines) or None
+
+
+def _saturation_blocks(results: dict[str, Any]) -> list[str]:
+    """Per saturation test: its answer lines, then the points of every search."""
+    blocks = []
+    for test in saturation_tests(results):
+        title, *lines = saturation_lines(test)
+        body, headers, align = saturation_points_table(test)
+        table = tabulate(body, headers=headers, tablefmt="simple", disable_numparse=True, colalign=align)
+        blocks.append("\n".join([title, *(f"  {line}" for line in [*lines, *table.splitlines()])]))
+    return blocks
+
+
 def _seed_table(results: dict[str, Any], winner_mark: str = "*") -> str | None:
     rows = seed_study(results)
     if not rows:
@@ -366,7 +400,8 @@ def study_lines(results: dict[str, Any]) -> list[str]:
 
 
 def render_terminal(results: dict[str, Any]) -> str:
-    """The full terminal report (verdicts, per-group tables, seed study, study lines) as one string."""
+    """The full terminal report (verdicts, per-group tables, the server-side table, saturation searches, seed
+    study, study lines) as one string."""
     parts = [render_header(results.get("header", {}))]
     starts = engine_starts_line(results)
     if starts:
@@ -374,6 +409,11 @@ def render_terminal(results: dict[str, Any]) -> str:
     parts += [f"engine restarted: {line}" for line in (results.get("header") or {}).get("engine_restarts") or []]
     parts += ["", render_verdicts(results)]
     for block in _group_tables(results):
+        parts += ["", block]
+    server = _server_block(results)
+    if server is not None:
+        parts += ["", server]
+    for block in _saturation_blocks(results):
         parts += ["", block]
     seed = _seed_table(results)
     if seed is not None:
