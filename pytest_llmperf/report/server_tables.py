@@ -18,11 +18,13 @@ measurement, not a burst artefact.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "SERVER_COLUMNS",
     "SERVER_TITLE",
+    "identity_columns",
     "is_saturation_run",
     "saturation_lines",
     "saturation_points_table",
@@ -58,6 +60,21 @@ def _has_server(row: dict[str, Any]) -> bool:
     return any(k.startswith("server_") and v is not None for k, v in row["median"].items())
 
 
+def identity_columns(rows: list[dict[str, Any]],
+                     name: Callable[[dict[str, Any]], str]) -> tuple[list[list[str]], list[str], tuple[str, ...]]:
+    """The leading cells of each ``config_rows`` row (mode, conc, in, rate when any row is rated, K), their headers
+    and alignment; when two rows share mode, concurrency, input length and rate, a first ``test`` column holds
+    ``name(row)``."""
+    rated = any(r.get("rate") not in (None, "closed") for r in rows)
+    keys = [(r["mode"], r["concurrency"], str(r["input_len"]), r.get("rate")) for r in rows]
+    named = len(set(keys)) < len(keys)
+    cells = [[*([name(r)] if named else []), r["mode"], str(r["concurrency"]), str(r["input_len"]),
+              *([r["rate"]] if rated else []), str(r["k"])] for r in rows]
+    headers = [*(["test"] if named else []), "mode", "conc", "in", *(["rate"] if rated else []), "K"]
+    align = (*(["left"] if named else []), "left", "right", "right", *(["left"] if rated else []), "right")
+    return cells, headers, align
+
+
 def server_table(rows: list[dict[str, Any]]) -> Table:
     """(body, headers, column alignment) of the server-side table over ``config_rows`` rows; rows without any
     ``server_*`` value are left out (an empty body: nothing to show). The client TTFT column appears only beside
@@ -66,16 +83,11 @@ def server_table(rows: list[dict[str, Any]]) -> Table:
     cols = [c for c in SERVER_COLUMNS if any(r["median"].get(c[1]) is not None for r in rows)]
     if not any(key == "server_ttft_p50_ms" for _, key, _ in cols):
         cols = [c for c in cols if c[1] != "ttft_p50_ms"]
-    rated = any(r.get("rate") not in (None, "closed") for r in rows)
-    keys = [(r["mode"], r["concurrency"], str(r["input_len"]), r.get("rate")) for r in rows]
-    named = len(set(keys)) < len(keys)
-    body = [[*([r["test_id"].split("::")[-1]] if named else []), r["mode"], str(r["concurrency"]),
-             str(r["input_len"]), *([r["rate"]] if rated else []), str(r["k"]),
-             *(_fmt(r["median"].get(key), spec) for _, key, spec in cols)] for r in rows]
-    headers = [*(["test"] if named else []), "mode", "conc", "in", *(["rate"] if rated else []), "K",
-               *(c[0] for c in cols)]
-    align = (*(["left"] if named else []), "left", "right", "right", *(["left"] if rated else []), "right",
-             *(["right"] * len(cols)))
+    ident, headers, align = identity_columns(rows, lambda r: r["test_id"].split("::")[-1])
+    body = [[*first, *(_fmt(r["median"].get(key), spec) for _, key, spec in cols)]
+            for first, r in zip(ident, rows, strict=True)]
+    headers += [c[0] for c in cols]
+    align = (*align, *(["right"] * len(cols)))
     return body, headers, align
 
 

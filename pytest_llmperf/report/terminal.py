@@ -18,6 +18,7 @@ from tabulate import tabulate
 
 from pytest_llmperf.report.server_tables import (
     SERVER_TITLE,
+    identity_columns,
     saturation_lines,
     saturation_points_table,
     saturation_tests,
@@ -310,16 +311,11 @@ def metric_table(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]
     When two rows share mode, concurrency, input length and rate (a test parametrized further), a first column
     ``test`` names each row by its parameter id."""
     cols = [c for c in TABLE_COLUMNS if any(r["median"].get(c[1]) is not None for r in rows)]
-    rated = any(r.get("rate") not in (None, "closed") for r in rows)
-    keys = [(r["mode"], r["concurrency"], str(r["input_len"]), r.get("rate")) for r in rows]
-    named = len(set(keys)) < len(keys)
-    body = [[*([_param_id(r["test_id"])] if named else []), r["mode"], str(r["concurrency"]), str(r["input_len"]),
-             *([r["rate"]] if rated else []), str(r["k"]),
-             *(cell(key, r["median"].get(key), spec) for _, key, spec in cols)] for r in rows]
-    headers = [*(["test"] if named else []), "mode", "conc", "in", *(["rate"] if rated else []), "K",
-               *(c[0] for c in cols)]
-    align = (*(["left"] if named else []), "left", "right", "right", *(["left"] if rated else []), "right",
-             *(["right"] * len(cols)))
+    ident, headers, align = identity_columns(rows, lambda r: _param_id(r["test_id"]))
+    body = [[*first, *(cell(key, r["median"].get(key), spec) for _, key, spec in cols)]
+            for first, r in zip(ident, rows, strict=True)]
+    headers += [c[0] for c in cols]
+    align = (*align, *(["right"] * len(cols)))
     return body, headers, align
 
 
