@@ -1,39 +1,45 @@
 """``llmperf run``: drive one workload against a running OpenAI-compatible endpoint and report its metrics.
 
 --repeats K measures K runs (one sample each for the regression gate; each run has its own seed). --json PATH
-writes a session results file (docs/reports.md, schema_version 1: one test whose runs carry per-run summaries),
-so llmperf compare, llmperf baseline update and llmperf report read it like a pytest session's results.
-The same file keeps, for the last run, metrics (ttft_ms/tpot_ms/itl_ms/e2el_ms each with mean p50 p90 p95 p99;
-output_throughput_tok_s request_throughput_req_s completed failed duration_s) and requests (per request
-ttft_ms e2el_ms output_tokens itl_ms error). Prints a short table; progress goes to stderr (an updating counter
-on a TTY, periodic log lines otherwise).
-Exit status: 0 when measured, 2 on a usage error, an unreachable endpoint, a run stopped by --stall-timeout or
---run-deadline, or when every request failed.
+writes a session results file (docs/reports.md, schema_version 1: one test per request rate whose runs carry
+per-run summaries and the server's /metrics figures), so llmperf compare, llmperf baseline update and llmperf
+report read it like a pytest session's results. The fingerprint is the server's (GET /version, /v1/models) and
+the --hardware label, never the client machine's. The same file keeps, for the last run, metrics
+(ttft_ms/tpot_ms/itl_ms/e2el_ms each with mean p50 p90 p95 p99; output_throughput_tok_s request_throughput_req_s
+completed failed duration_s) and requests (per request ttft_ms e2el_ms output_tokens itl_ms error).
+--dataset sends a dataset's prompts (jsonl:PATH, sharegpt:PATH, dist:IN,OUT), --api chat the chat route,
+--request-rates R,R,... sweeps open-loop rates (one test each, a sweep table at the end), --slo sets per-request
+limits (SLO attainment), --find-max-rate searches the highest rate meeting them. Prints a short table; progress
+goes to stderr (an updating counter on a TTY, periodic log lines otherwise).
+Exit status: 0 when measured, 1 when --find-max-rate found no rate meeting the SLO, 2 on a usage error (a bad
+dataset, a prompt over the server's max_model_len), an unreachable or non-OpenAI endpoint, a run stopped by
+--stall-timeout or --run-deadline, or when every request failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.commands.run_sweep import DIST_FIELDS, LATENCY_METRICS, Measured, Target, run_test_id
 from pytest_llmperf.errors import LoadAborted, UsageError
 from pytest_llmperf.options import parse_nonneg_int as _non_negative_int
 from pytest_llmperf.options import parse_positive_float as _positive_float
 from pytest_llmperf.options import parse_positive_int as _positive_int
+from pytest_llmperf.options import parse_rates_option as _rates
 
-__all__ = ["DIST_FIELDS", "add_parser", "build_report", "main", "run_test_id"]
+__all__ = ["DIST_FIELDS", "add_parser", "main", "run_test_id"]
 
 logger = logging.getLogger(__name__)
 
-#: The distribution fields written for each latency metric.
-DIST_FIELDS = ("mean", "p50", "p90", "p95", "p99")
-LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
+#: ``--slo`` keys: the per-request limits that define SLO attainment (goodput)
+SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 
 
 def _length(text: str) -> str:
@@ -46,28 +52,81 @@ def _length(text: str) -> str:
 
 
 def _endpoint(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"expected an http(s) URL like http://HOST:PORT/v1, got {text!r}")
-    return text.rstrip("/")
+    url = text.rstrip("/")
+    if not url.startswith(("http://", "https://")) or not url.endswith("/v1"):
+        raise argparse.ArgumentTypeError(f"expected an OpenAI base URL like http://HOST:PORT/v1, got {text!r}")
+    return url
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``run`` on the ``llmperf`` subparsers."""
-    p = subparsers.add_parser("run", help="measure one workload against a running OpenAI-compatible endpoint",
-                              description=__doc__.splitlines()[0])
+def _slo(text: str) -> Any:
+    """``ttft_ms=500,tpot_ms=50`` -> GoodputLimits (each limit > 0 ms)."""
+    from pytest_llmperf.stats.slo import SLO
+
+    values: dict[str, float] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SLO_KEYS:
+            raise argparse.ArgumentTypeError(f"expected KEY=MS with KEY one of {', '.join(SLO_KEYS)} "
+                                             f"(e.g. ttft_ms=500,tpot_ms=50), got {item!r}")
+        values[key] = _positive_float(value)
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one limit, e.g. ttft_ms=500,tpot_ms=50")
+    return SLO.from_mapping(values, source="--slo").goodput()
+
+
+def _target_fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction of requests in (0, 1], got {text!r}")
+    return value
+
+
+def _choice(*choices: str) -> Any:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+    return parse
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", required=True, type=_endpoint, help="OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", required=True, help="served model name (as listed by GET /v1/models)")
     p.add_argument("--concurrency", type=_positive_int, default=1, help="max requests in flight (default 1)")
     p.add_argument("--num-requests", type=_positive_int, default=32, help="measured requests (default 32)")
     p.add_argument("--input-len", type=_length, default="128", help="prompt tokens: N or LOW:HIGH (default 128)")
     p.add_argument("--output-len", type=_length, default="128", help="output tokens: N or LOW:HIGH (default 128)")
+    p.add_argument("--dataset", default=None, metavar="SPEC", help="send a dataset's prompts instead of synthetic "
+                   "ones: jsonl:PATH, sharegpt:PATH or dist:IN,OUT (e.g. dist:sharegpt-in,sharegpt-out)")
+    p.add_argument("--api", type=_choice("completions", "chat"), default="completions",
+                   help="completions or chat (/v1/chat/completions) (default completions)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of prompts and arrivals (default 0)")
-    p.add_argument("--request-rate", type=_positive_float, default=None,
-                   help="open loop at this many req/s (default: closed loop at --concurrency)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--request-rate", type=_positive_float, default=None,
+                      help="open loop at this many req/s (default: closed loop at --concurrency)")
+    rate.add_argument("--request-rates", type=_rates, default=None, metavar="R,R,...",
+                      help="sweep: one test per open-loop rate in req/s, a sweep table at the end")
+    rate.add_argument("--find-max-rate", action="store_true", help="search the highest request rate at which "
+                      "--target of the requests meet --slo (one search per --repeats)")
     p.add_argument("--burstiness", type=_positive_float, default=1.0,
                    help="gamma shape of open-loop gaps; 1 = Poisson (default 1)")
+
+
+def _add_slo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slo", type=_slo, default=None, metavar="KEY=MS,...", help="per-request limits, e.g. "
+                   "ttft_ms=500,tpot_ms=50 (keys ttft_ms, tpot_ms, e2el_ms): runs report SLO attainment")
+    p.add_argument("--target", type=_target_fraction, default=0.9,
+                   help="--find-max-rate: fraction of requests that must meet --slo (default 0.9)")
+    p.add_argument("--start-rate", type=_positive_float, default=1.0, help="--find-max-rate: first rate (default 1)")
+    p.add_argument("--max-rate", type=_positive_float, default=64.0,
+                   help="--find-max-rate: highest rate tried (default 64)")
+    p.add_argument("--rel-tol", type=_positive_float, default=0.1,
+                   help="--find-max-rate: stop bisecting when the bracket is this narrow, relative (default 0.1)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=_non_negative_int, default=0, help="unmeasured warmup requests before the "
-                   "first run (default 0)")
+                   "first run of each rate (default 0)")
     p.add_argument("--repeats", type=_positive_int, default=1, help="measured runs, each one sample for "
                    "llmperf compare / baseline update; run k uses seed + k (default 1)")
     p.add_argument("--timeout", type=_positive_float, default=300.0, help="seconds allowed per request (default 300)")
@@ -77,85 +136,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "takes longer than this many seconds (default 1800)")
     p.add_argument("--vocab-size", type=_positive_int, default=32000,
                    help="vocabulary of the synthetic t<id> tokenizer; ids drawn below min(V, 30000) (default 32000)")
+    p.add_argument("--hardware", default=None, metavar="LABEL", help="the hardware behind the endpoint, for the "
+                   "fingerprint, e.g. 2xH100-nvlink (default $LLMPERF_ENDPOINT_HARDWARE, else unlabelled)")
+    p.add_argument("--server-metrics", type=_choice("on", "off"), default="on",
+                   help="scrape the server's /metrics around each run (default on)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write a results file here (read by "
                    "llmperf compare, baseline update and report)")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``run`` on the ``llmperf`` subparsers."""
+    p = subparsers.add_parser("run", help="measure one workload against a running OpenAI-compatible endpoint",
+                              description=__doc__.splitlines()[0])
+    _add_load_args(p)
+    _add_slo_args(p)
+    _add_run_args(p)
     p.set_defaults(func=main)
     return p
-
-
-def _dist(d: Any) -> dict[str, float] | None:
-    return None if d is None else {k: getattr(d, k) for k in DIST_FIELDS}
-
-
-def run_test_id(model: str, workload: Any) -> str:
-    """The test id of a ``llmperf run`` workload: equal for equal workloads, so two files compare."""
-    w = workload.to_dict()
-    rate = f"-r{w['request_rate']:g}" if w.get("request_rate") else ""
-    return f"llmperf-run::run[{model}-c{w['concurrency']}-in{w['input_len']}-out{w['output_len']}{rate}]"
-
-
-def _server_version(endpoint: str) -> str | None:
-    """``vllm 0.x`` from the server's ``/version`` (vLLM serves one), else None."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(endpoint.removesuffix("/v1") + "/version", timeout=3) as resp:
-            version = json.loads(resp.read()).get("version")
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
-        return None
-    return f"vllm {version}" if isinstance(version, str) and version else None
-
-
-def build_report(endpoint: str, model: str, workload: Any, runs: list[tuple[Any, Any]],
-                 engine_version: str | None = None, created_unix_s: float | None = None) -> dict[str, Any]:
-    """The JSON document written by ``--json`` (plain types only): a session results file with one test whose
-    runs are ``runs`` (``(load run, metrics)`` pairs), plus the last run's ``metrics`` and ``requests``."""
-    from pytest_llmperf import __version__
-    from pytest_llmperf.records import SCHEMA_VERSION
-    from pytest_llmperf.stats.metrics import run_summary
-    from pytest_llmperf.storage.fingerprint import Fingerprint
-
-    def requests(run: Any) -> list[dict[str, Any]]:
-        return [{"request_id": r.request_id, "start_s": r.start_s, "prompt_tokens": r.prompt_tokens,
-                 "ttft_ms": r.ttft_ms, "e2el_ms": r.e2el_ms, "output_tokens": r.output_tokens,
-                 "itl_ms": list(r.itl_ms), "error": r.error} for r in run.records]
-
-    last_run, last = runs[-1]
-    m: dict[str, Any] = {name: _dist(getattr(last, name)) for name in LATENCY_METRICS}
-    for name in ("output_throughput_tok_s", "request_throughput_req_s", "completed", "failed", "duration_s"):
-        m[name] = getattr(last, name)
-    version = engine_version or "unknown"
-    engine_name, _, engine_ver = version.partition(" ")
-    fingerprint = Fingerprint.build(engine=f"endpoint-{engine_name}" if engine_ver else "endpoint",
-                                    engine_version=engine_ver or version, model=model, cpu_facts={}).to_dict()
-    test_id = run_test_id(model, workload)
-    wl = workload.to_dict()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created_unix_s": created_unix_s if created_unix_s is not None else runs[0][0].window.start_unix_s,
-        "header": {"topology": f"external endpoint {endpoint}", "engine_version": version, "emulation": None,
-                   "backend": "external", "endpoint": endpoint, "model": model, "plugin_version": __version__},
-        "fingerprint": fingerprint,
-        "tests": [{
-            "test_id": test_id,
-            "engine": {"mode": "single", "tp": 1, "pp": 1, "backend": "external", "model": model,
-                       "engine_version": version},
-            "workload": wl,
-            "runs": [{"run_index": k, "window": asdict(run.window), "summary": run_summary(metrics),
-                      "metrics": asdict(metrics), "power": None, "requests": requests(run)}
-                     for k, (run, metrics) in enumerate(runs)],
-            "engine_startup_s": None,
-            "verdicts": [],
-        }],
-        "verdicts": [],
-        "endpoint": endpoint,
-        "model": model,
-        "workload": wl | {"timeout_s": workload.timeout_s},
-        "window": asdict(last_run.window),
-        "metrics": m,
-        "requests": requests(last_run),
-    }
 
 
 def _table(report: dict[str, Any]) -> str:
@@ -170,6 +167,8 @@ def _table(report: dict[str, Any]) -> str:
     tail = (f"completed {m['completed']}  failed {m['failed']}  duration {m['duration_s']:.2f} s  "
             f"output {tput if tput is None else f'{tput:.1f}'} tok/s  "
             f"requests {rps if rps is None else f'{rps:.2f}'} req/s")
+    if m.get("slo_attainment") is not None:
+        tail += f"  SLO attainment {m['slo_attainment']:.0%}"
     return f"{lat}\n{tail}"
 
 
@@ -195,45 +194,167 @@ class _Progress:
             self.last_pct, self.last_log_s = pct, now
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the workload described by ``args``; print the table, write ``--json``; return the exit status."""
-    from pytest_llmperf.load.runner import run_load
+def _workload(args: argparse.Namespace) -> Any:
     from pytest_llmperf.load.workload import Workload
-    from pytest_llmperf.stats.metrics import compute_run_metrics
 
-    workload = Workload(
+    return Workload(
         num_requests=args.num_requests, warmup_requests=args.warmup, input_len=args.input_len,
         output_len=args.output_len, concurrency=args.concurrency, request_rate=args.request_rate,
         burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout, stall_timeout_s=args.stall_timeout,
         deadline_s=args.run_deadline,
     )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Usage errors that argparse cannot see, raised before anything is sent."""
+    if args.find_max_rate and args.slo is None:
+        raise UsageError("--find-max-rate needs --slo with a per-request limit, e.g. --slo ttft_ms=500,tpot_ms=50")
+    if args.find_max_rate and args.start_rate > args.max_rate:
+        raise UsageError(f"--start-rate {args.start_rate:g} is above --max-rate {args.max_rate:g}")
+
+
+def _target(args: argparse.Namespace, workload: Any) -> Target:
+    """Load the dataset (a bad file fails before anything is sent), ask the server what it is, check that the
+    dataset's prompts fit its max_model_len."""
+    from pytest_llmperf.engine.external import ExternalEngine, backend_from_label
+    from pytest_llmperf.engine.spec import EngineSpec
+    from pytest_llmperf.load.datasets import check_fits, load_dataset
+
+    dataset = None if args.dataset is None else \
+        load_dataset(args.dataset, n=args.num_requests, seed=args.seed, vocab_size=args.vocab_size)
+    engine = ExternalEngine(EngineSpec(), args.endpoint, args.model, args.vocab_size, hardware=args.hardware)
+    if dataset is not None:
+        check_fits(dataset, engine.max_model_len, workload.output_spec.high_tokens)
+    fingerprint = engine.fingerprint(backend_from_label(engine.hardware) or "gpu").to_dict()
+    return Target(args.endpoint, engine.served_model_name, engine.engine_version(), fingerprint,
+                  chat=args.api == "chat", vocab_size=args.vocab_size,
+                  prompts=dataset.prompts if dataset is not None else None,
+                  dataset=dataset.to_dict() if dataset is not None else None, goodput=args.slo,
+                  server_metrics=args.server_metrics == "on")
+
+
+def _measure_runs(args: argparse.Namespace, target: Target, workload: Any, label: str) -> list[Measured] | None:
+    """``--repeats`` runs of ``workload`` (warmup before the first); None when one was stopped (reported)."""
+    from pytest_llmperf.commands.run_sweep import measure_run
+
     runs = []
     for k in range(args.repeats):
         wl = replace(workload, seed=workload.seed + k, warmup_requests=workload.warmup_requests if k == 0 else 0)
-        if args.repeats > 1:
-            logger.info("llmperf run: run %d/%d", k + 1, args.repeats)
+        if args.repeats > 1 or label:
+            logger.info("llmperf run: %srun %d/%d", label, k + 1, args.repeats)
         try:
-            run = run_load(args.endpoint, args.model, wl, progress=_Progress(), vocab_size=args.vocab_size)
+            runs.append(measure_run(target, wl, progress=_Progress(), repeats=args.repeats))
         except LoadAborted as exc:  # a stall or the run deadline: one line, the finished requests counted
-            print(f"llmperf run: run {k + 1}/{args.repeats} stopped: {exc} ({len(exc.records)} requests had "
+            print(f"llmperf run: {label}run {k + 1}/{args.repeats} stopped: {exc} ({len(exc.records)} requests had "
                   f"finished)", file=sys.stderr)
-            return 2
-        runs.append((run, compute_run_metrics(run.records, run.duration_s)))
-    report = build_report(args.endpoint, args.model, workload, runs, _server_version(args.endpoint))
+            return None
+    return runs
+
+
+def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.json is not None:
         from pytest_llmperf.report.json_io import write_results
 
         write_results(args.json, report)
-    if args.repeats > 1:
-        tputs = [m.output_throughput_tok_s for _, m in runs if m.output_throughput_tok_s is not None]
-        spread = f"; output tok/s per run: {', '.join(f'{t:.1f}' for t in tputs)}" if tputs else ""
-        print(f"{args.repeats} runs (table: the last run{spread})")
-    print(_table(report))
+
+
+def _print_runs(args: argparse.Namespace, points: list[tuple[Any, list[Measured]]], report: dict[str, Any],
+                sweep: bool) -> None:
+    from pytest_llmperf.commands.run_sweep import server_line, sweep_table
+
+    if sweep:
+        for wl, runs in points:
+            line = server_line(runs[-1])
+            if line:
+                print(f"rate {wl.request_rate:g} req/s: {line}")
+        print(sweep_table(points, with_slo=args.slo is not None))
+    else:
+        runs = points[-1][1]
+        if args.repeats > 1:
+            tputs = [m.metrics.output_throughput_tok_s for m in runs if m.metrics.output_throughput_tok_s is not None]
+            spread = f"; output tok/s per run: {', '.join(f'{t:.1f}' for t in tputs)}" if tputs else ""
+            print(f"{args.repeats} runs (table: the last run{spread})")
+        print(_table(report))
+        line = server_line(runs[-1])
+        if line:
+            print(line)
     if args.json is not None:
         print(f"wrote {args.json}")
-    records = [r for run, _ in runs for r in run.records]
+
+
+def _exit_status(points: list[tuple[Any, list[Measured]]]) -> int:
+    records = [r for _, runs in points for m in runs for r in m.run.records]
     failed = [r for r in records if r.error]
     if failed:
         print(f"llmperf run: {len(failed)} of {len(records)} requests failed; first: {failed[0].error}",
               file=sys.stderr)
     return 2 if len(failed) == len(records) else 0
+
+
+def _run_rates(args: argparse.Namespace, target: Target, base: Any) -> int:
+    """One test per rate (``--request-rates``, else the one ``--request-rate`` or closed loop), K runs each."""
+    from pytest_llmperf.commands.run_sweep import build_report, make_test, run_entry
+
+    sweep = args.request_rates is not None
+    points = []
+    for rate in args.request_rates or (args.request_rate,):
+        wl = replace(base, request_rate=rate)
+        runs = _measure_runs(args, target, wl, f"rate {rate:g} req/s: " if sweep else "")
+        if runs is None:
+            return 2
+        points.append((wl, runs))
+    dataset = (target.dataset or {}).get("dataset")
+    tests = [make_test(target, run_test_id(target.model, wl, api=target.api, dataset=dataset),
+                       target.workload_dict(wl), [run_entry(k, m) for k, m in enumerate(runs)])
+             for wl, runs in points]
+    created = points[0][1][0].run.window.start_unix_s
+    report = build_report(target, tests, created, last=(points[-1][0], points[-1][1][-1]))
+    _write(args, report)
+    _print_runs(args, points, report, sweep)
+    return _exit_status(points)
+
+
+def _find_max_rate(args: argparse.Namespace, target: Target, base: Any) -> int:
+    """``--repeats`` saturation searches, one test whose runs' summaries are the answers."""
+    from dataclasses import asdict
+
+    from pytest_llmperf.commands.run_sweep import (build_report, make_test, saturation_test_id, search_lines,
+                                                   search_max_rate)
+
+    workload = {**target.workload_dict(base), "saturation": {
+        "variable": "request_rate", "start": args.start_rate, "limit": args.max_rate, "target": args.target,
+        "rel_tol": args.rel_tol, "slo": {k: v for k, v in asdict(target.goodput).items() if v is not None}}}
+    runs, found = [], []
+    for k in range(args.repeats):
+        print(f"saturation search {k + 1}/{args.repeats}: request rate {args.start_rate:g} to {args.max_rate:g} "
+              f"req/s, target {args.target:.0%} of requests within the SLO")
+        try:
+            entry, result = search_max_rate(target, base, start=args.start_rate, limit=args.max_rate,
+                                            target_frac=args.target, rel_tol=args.rel_tol)
+        except LoadAborted as exc:
+            print(f"llmperf run: saturation search {k + 1}/{args.repeats} stopped: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(search_lines(result)))
+        runs.append({**entry, "run_index": k})
+        found.append(result.max_load)
+    test = make_test(target, saturation_test_id(target, base, args.target), workload, runs)
+    _write(args, build_report(target, [test], runs[0]["window"]["start_unix_s"]))
+    if args.json is not None:
+        print(f"wrote {args.json}")
+    if any(x is None for x in found):
+        print(f"llmperf run: no request rate from {args.start_rate:g} req/s up met {args.target:.0%} SLO attainment",
+              file=sys.stderr)
+        return 1
+    if args.repeats > 1:
+        print(f"max rate at SLO, median of {args.repeats} searches: {statistics.median(found):g} req/s")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run what ``args`` describe; print the table, write ``--json``; return the exit status."""
+    _check_args(args)
+    base = _workload(args)
+    target = _target(args, base)
+    if args.find_max_rate:
+        return _find_max_rate(args, target, base)
+    return _run_rates(args, target, base)
