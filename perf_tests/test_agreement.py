@@ -25,6 +25,8 @@ BURST_TPOT_MS = 0.2
 
 
 def _agreement(engine: Any, session: Any, concurrency: int) -> None:
+    pytest.importorskip("vllm.benchmarks.lib.endpoint_request_func",
+                        reason="the reference client is vLLM's (vllm bench serve): install vllm on this runner")
     from pytest_llmperf.load.reference import ours_run, p50, vllm_client_run
     from pytest_llmperf.load.workload import Workload
 

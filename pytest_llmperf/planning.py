@@ -84,13 +84,17 @@ def header_line(cfg: LLMPerfConfig, topology: Topology) -> str:
 
 
 def sweep_values(cfg: LLMPerfConfig, fixture: str, definition: Any) -> tuple[list[Any], list[str]]:
-    """Values and ids to parametrize ``fixture`` with; a test with tp/pp/single markers gets its one mode."""
+    """Values and ids to parametrize ``fixture`` with; a test with tp/pp/single markers gets its one mode; with
+    ``--llmperf-dataset`` the input-length sweep is one item, ``dataset`` (its prompts are sent at every length)."""
     attr, prefix = SWEEP_FIXTURES[fixture]
     if fixture == "llmperf_mode" and any(definition.get_closest_marker(m) for m in MODE_MARKERS):
         mode = mode_from_markers(definition)
         return [mode], [mode]
     if fixture == "llmperf_request_rate" and cfg.request_rates is None:
         return [None], ["closed"]  # no --llmperf-request-rates: one closed-loop run set
+    if fixture == "llmperf_input_len" and cfg.dataset:
+        # the dataset's prompts replace the synthetic ones at every input length: one item, named for what it sends
+        return [cfg.input_lens[0]], ["dataset"]
     values = list(getattr(cfg, attr))
     return values, [f"{prefix}{v:g}" if isinstance(v, float) else f"{prefix}{v}" for v in values]
 

@@ -158,6 +158,14 @@ def test_sweep_ids_come_from_the_options(pytester: pytest.Pytester) -> None:
         "4 tests collected*"])
 
 
+def test_a_dataset_collapses_the_input_length_sweep(pytester: pytest.Pytester) -> None:
+    # the dataset's prompts are sent at every input length: one item per mode and concurrency, named "dataset"
+    pytester.makepyfile(test_sweep=SWEEP)
+    result = run_llmperf(pytester, "--collect-only", "-q", "--llmperf-modes", "single", "--llmperf-concurrency",
+                         "1,8", "--llmperf-input-lens", "256,2048", "--llmperf-dataset", "dist:fixed:8,fixed:4")
+    result.stdout.fnmatch_lines(["test_sweep.py::test_x[single-c1-dataset]", "test_sweep.py::test_x[single-c8-dataset]",
+                                 "2 tests collected*"])
+
 def test_sweep_ids_come_from_pyproject_and_cli_wins(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml('[tool.llmperf]\nmodes = ["tp2"]\nconcurrency = [4]\ninput_lens = [64, 128]\n')
     pytester.makepyfile(test_sweep=SWEEP)
