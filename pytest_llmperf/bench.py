@@ -13,8 +13,7 @@ build-wide rate (:mod:`pytest_llmperf.finish`). Everything the bench needs comes
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,16 +58,6 @@ class BenchContext:
     gate_failed: Callable[[str], None] = lambda test_id: None  #: told before the gate fails a test
     record_command: str = "pytest ... --llmperf-update-baselines"  #: how to record baselines, for messages
     dataset: Dataset | None = None  #: ``--llmperf-dataset``, loaded once by the session (None: synthetic prompts)
-
-
-@contextmanager
-def _measure_server(monitor: Any) -> Iterator[Any]:
-    """``monitor.measure()`` (its box holds the run's ServerMetrics after the block), or None without a monitor."""
-    if monitor is None:
-        yield None
-        return
-    with monitor.measure() as box:
-        yield box
 
 
 class Bench:
@@ -118,6 +107,7 @@ class Bench:
         from pytest_llmperf.stats.metrics import compute_run_metrics, run_summary
         from pytest_llmperf.telemetry.meter import make_meter
         from pytest_llmperf.telemetry.power import power_summary
+        from pytest_llmperf.telemetry.server_metrics import measure_server
 
         c, ctx = self.context.cfg, self.context
         repeats = self.settings.repeats
@@ -155,7 +145,7 @@ class Bench:
                              f"concurrency {workload.concurrency})")
             waves = live.waves(workload.concurrency, f"{self.test_id} run {k + 1}/{repeats}") if live else None
             try:
-                with meter.measure() as measurement, _measure_server(monitor) as server_box:
+                with meter.measure() as measurement, measure_server(monitor) as server_box:
                     load = run_load(self.server.endpoint, self.server.served_model_name, workload, vocab_size=vocab,
                                     progress=waves, engine_label=spec.label, prompts=prompts, chat=c.api == "chat",
                                     on_measure_start=server_box.mark_start if server_box is not None else None)
@@ -170,18 +160,12 @@ class Bench:
             summary = run_summary(metrics)
             report = measurement.report(load.window, metrics.total_output_tokens, idle_threshold_w=idle_threshold_w)
             summary.update(power_summary(report))
+            server_dict, server_summary = server_box.run_record(workload.warmup_requests, repeats) \
+                if server_box is not None else (None, {})
+            summary.update(server_summary)
             server = server_box.result if server_box is not None else None
-            server_dict = server.to_dict() if server is not None else None
-            if server is not None and server_dict is not None:
-                # the runner reopens the scrape window after the warmup requests; if that scrape failed, the first
-                # run's window still holds them and, with later runs to judge by, its server_* stay out of the gate
-                warm_inside = bool(workload.warmup_requests) and not server_box.restarted
-                if warm_inside:
-                    server_dict["warmup_requests_in_window"] = int(workload.warmup_requests)
-                if not (warm_inside and repeats > 1):
-                    summary.update(server.summary())
-                if not server.available and k == 0:
-                    ctx.note(f"{self.test_id}: server metrics unavailable: {server.reason}")
+            if server is not None and not server.available and k == 0:
+                ctx.note(f"{self.test_id}: server metrics unavailable: {server.reason}")
             trace = measurement.trace
             if trace is not None:
                 traces[str(k)] = {**trace.to_dict(), "window": [load.window.start_unix_s, load.window.end_unix_s]}

@@ -10,7 +10,6 @@ client's; credentials are never written.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ class Measured:
     metrics: Any
     server: Any = None
     summary: dict[str, float] = field(default_factory=dict)
-    warmup_in_window: int = 0
+    server_record: dict[str, Any] | None = None  #: the run's ``server`` entry in the results file
 
 
 def run_test_id(model: str, workload: Any, *, api: str = "completions", dataset: str | None = None) -> str:
@@ -77,34 +76,23 @@ def saturation_test_id(target: Target, workload: Any, target_frac: float) -> str
     return base.replace("::run[", "::find_max_rate[", 1)[:-1] + f"-slo-{slo}-t{target_frac:g}]"
 
 
-def _monitor(target: Target) -> contextlib.AbstractContextManager[Any]:
-    if not target.server_metrics:
-        return contextlib.nullcontext(None)
-    from pytest_llmperf.telemetry.server_metrics import ServerMetricsMonitor, metrics_url_for
-
-    return ServerMetricsMonitor(metrics_url_for(target.endpoint), interval_s=0.5).measure()
-
-
 def measure_run(target: Target, workload: Any, *, progress: Callable[[int, int], None] | None = None,
                 repeats: int = 1) -> Measured:
     """One run of ``workload`` with the server's ``/metrics`` around it (raises LoadAborted on a stall)."""
     from pytest_llmperf.load.runner import run_load
     from pytest_llmperf.stats.metrics import compute_run_metrics, run_summary
+    from pytest_llmperf.telemetry.server_metrics import ServerMetricsMonitor, measure_server, metrics_url_for
 
-    with _monitor(target) as box:
+    monitor = ServerMetricsMonitor(metrics_url_for(target.endpoint), interval_s=0.5) if target.server_metrics \
+        else None
+    with measure_server(monitor) as box:
         run = run_load(target.endpoint, target.model, workload, progress=progress, prompts=target.prompts,
                        chat=target.chat, vocab_size=target.vocab_size,
                        on_measure_start=box.mark_start if box is not None else None)
     metrics = compute_run_metrics(run.records, run.duration_s, target.goodput)
-    measured = Measured(run, metrics, box.result if box is not None else None, run_summary(metrics))
-    if measured.server is not None and measured.server.available:
-        # a failed re-scrape after the warmup leaves the warmup inside the window: with other runs to judge
-        # by, this run's server_* stay out of its summary (as in the pytest plugin)
-        warm_inside = bool(workload.warmup_requests) and not box.restarted
-        measured.warmup_in_window = int(workload.warmup_requests) if warm_inside else 0
-        if not (warm_inside and repeats > 1):
-            measured.summary.update(measured.server.summary())
-    return measured
+    record, server_summary = box.run_record(workload.warmup_requests, repeats) if box is not None else (None, {})
+    return Measured(run, metrics, box.result if box is not None else None, {**run_summary(metrics), **server_summary},
+                    record)
 
 
 def _requests(run: Any) -> list[dict[str, Any]]:
@@ -115,11 +103,8 @@ def _requests(run: Any) -> list[dict[str, Any]]:
 
 def run_entry(k: int, m: Measured) -> dict[str, Any]:
     """One run of a results file's test (plain types only)."""
-    server = m.server.to_dict() if m.server is not None else None
-    if server is not None and m.warmup_in_window:
-        server["warmup_requests_in_window"] = m.warmup_in_window
     return {"run_index": k, "window": asdict(m.run.window), "summary": m.summary, "metrics": asdict(m.metrics),
-            "power": None, "requests": _requests(m.run), "server": server}
+            "power": None, "requests": _requests(m.run), "server": m.server_record}
 
 
 def make_test(target: Target, test_id: str, workload: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["VLLM_METRICS", "Histogram", "Snapshot", "ServerMetrics", "ScrapeError", "parse_metrics", "scrape",
+__all__ = ["measure_server", "VLLM_METRICS", "Histogram", "Snapshot", "ServerMetrics", "ScrapeError", "parse_metrics", "scrape",
            "histogram_quantile", "window", "metrics_url_for", "ServerMetricsMonitor"]
 
 #: Our name -> vLLM metric family name(s) (first found wins), as the prometheus parser names families
@@ -258,6 +258,20 @@ class _Box:
         self.restarted = False
         self._monitor = monitor
 
+    def run_record(self, warmup_requests: int, repeats: int) -> tuple[dict[str, Any] | None, dict[str, float]]:
+        """(the run's ``server`` record, the ``server_*`` keys for its gated summary); (None, {}) before a result.
+
+        The runner reopens the window after the warmup requests (:meth:`mark_start`); if that scrape failed, the
+        first run's window still holds them: its record says ``warmup_requests_in_window`` and, with later runs to
+        judge by (``repeats`` > 1), its figures stay out of the gated summary."""
+        if self.result is None:
+            return None, {}
+        record = self.result.to_dict()
+        warm_inside = self.result.available and bool(warmup_requests) and not self.restarted
+        if warm_inside:
+            record["warmup_requests_in_window"] = int(warmup_requests)
+        return record, {} if warm_inside and repeats > 1 else self.result.summary()
+
     def mark_start(self) -> None:
         """Open the window here: scrape again; samples taken before it are left out of the peaks (a failed scrape
         keeps the old opening scrape, so the window then still holds what came before, and ``restarted`` is
@@ -269,6 +283,17 @@ class _Box:
         except ScrapeError:
             return
         self.restarted = True
+
+
+@contextmanager
+def measure_server(monitor: ServerMetricsMonitor | None) -> Iterator[_Box | None]:
+    """``monitor.measure()`` (its box holds the run's ServerMetrics after the block), or None without a monitor
+    (``--llmperf-server-metrics off``)."""
+    if monitor is None:
+        yield None
+        return
+    with monitor.measure() as box:
+        yield box
 
 
 class ServerMetricsMonitor:

@@ -159,6 +159,23 @@ def test_window_opens_after_the_warmup_when_the_runner_marks_it():
     assert not unmarked.restarted and unmarked.result.requests == 7
 
 
+def test_run_record_keeps_a_window_holding_the_warmup_out_of_the_gate():
+    from pytest_llmperf.telemetry.server_metrics import ServerMetrics, _Box
+
+    box = _Box()
+    box.result = ServerMetrics(True, requests=7, server_ttft_p50_ms=12.0)
+    record, gated = box.run_record(warmup_requests=3, repeats=3)   # the re-scrape after the warmup failed
+    assert record["warmup_requests_in_window"] == 3 and gated == {}
+    assert box.run_record(warmup_requests=3, repeats=1)[1] == {"server_requests": 7.0, "server_ttft_p50_ms": 12.0}
+    box.restarted = True                                            # the window opened after the warmup
+    record, gated = box.run_record(warmup_requests=3, repeats=3)
+    assert "warmup_requests_in_window" not in record and gated["server_ttft_p50_ms"] == 12.0
+    box.result = ServerMetrics(False, "HTTP 404")
+    box.restarted = False
+    assert box.run_record(3, 3) == (box.result.to_dict(), {})       # unavailable: no window to speak of
+    assert _Box().run_record(3, 3) == (None, {})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
