@@ -13,7 +13,9 @@
 #   bash scripts/gpu-evidence.sh rerun  OUTDIR   # gate proof: an unchanged rerun against the committed baselines
 #   bash scripts/gpu-evidence.sh regress OUTDIR  # gate proof: TP=2 on NVLink without vLLM's custom all-reduce
 #
-# LLMPERF_MODES narrows a phase (e.g. LLMPERF_MODES=tp2); LLMPERF_STUDY_ARGS adds pytest arguments.
+# LLMPERF_MODES narrows a phase (e.g. LLMPERF_MODES=tp2); LLMPERF_STUDY_ARGS adds pytest arguments;
+# LLMPERF_REGRESS_ARGS replaces the regress phase's change (default --disable-custom-all-reduce);
+# LLMPERF_TAG names a repeat of a phase on the same machine (results in .llmperf/gpu-PHASE-TAG, OUTDIR/PHASE-TAG.tgz).
 # The workload is the issue's: 512-token prompts -> 128 tokens, concurrency 1, 8, 32, K=5 runs per point, each
 # run at least 3 waves of the concurrency (96 requests at 32), CUDA graphs on (never eager).
 set -uo pipefail
@@ -21,7 +23,8 @@ PHASE="$1"; OUT="${2:-.llmperf/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-RES=".llmperf/gpu-$PHASE"
+NAME="$PHASE${LLMPERF_TAG:+-$LLMPERF_TAG}"
+RES=".llmperf/gpu-$NAME"
 SWEEP=(-p pytest_llmperf.plugin -p no:cacheprovider -rs --llmperf-backend gpu
        --llmperf-model deepseek-r1-distill-qwen-14b --llmperf-concurrency "${LLMPERF_CONCURRENCY:-1,8,32}"
        --llmperf-input-lens 512 --llmperf-output-len 128 --llmperf-num-requests 6 --llmperf-min-waves 3
@@ -55,13 +58,13 @@ case "$PHASE" in
     "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes tp2,ep2 --llmperf-emulate-pcie off \
         --llmperf-model qwen3-30b-a3b "${SWEEP[@]}" ;;
   rerun|regress)
-    EXTRA=(); [ "$PHASE" = regress ] && EXTRA=(--llmperf-engine-args "--max-num-seqs 32 --disable-custom-all-reduce")
+    EXTRA=(); [ "$PHASE" = regress ] && EXTRA=(--llmperf-engine-args "--max-num-seqs 32 ${LLMPERF_REGRESS_ARGS:---disable-custom-all-reduce}")
     "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink --llmperf-modes "${LLMPERF_MODES:-tp2}" \
         --llmperf-emulate-pcie off "${SWEEP[@]}" "${EXTRA[@]}" ;;
   *) echo "unknown phase $PHASE (single | pcie | nvlink | dp | moe | rerun | regress)"; exit 2 ;;
 esac
 status=$?
 pgrep -af "vllm.entrypoints|EngineCore|VllmWorker" && echo "WARNING: vLLM processes left behind" || echo "no vLLM process left"
-tar czf "$OUT/$PHASE.tgz" "$RES" $(ls -d baselines/gpu-* 2>/dev/null) 2>/dev/null
+tar czf "$OUT/$NAME.tgz" "$RES" $(ls -d baselines/gpu-* 2>/dev/null) 2>/dev/null
 ls -la "$OUT"
 exit $status
