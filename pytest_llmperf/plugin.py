@@ -68,10 +68,12 @@ def pytest_llmperf_detect_topology(config: pytest.Config) -> Topology:
 
 @pytest.hookimpl(trylast=True)
 def pytest_llmperf_decide(test_id: str, metric: str, baseline: list[float], candidate: list[float], direction: str,
-                          tolerance: float, alpha: float, baseline_sessions: list[str] | None = None,
-                          session_cv: float = 0.0, kind: str = "regression", label: str = "",
-                          pass_alpha: float | None = None) -> Verdict:
-    """Default decision: the session model's minimum-effect / equivalence test on logs (stats/decision.py)."""
+                          tolerance: float, alpha: float, baseline_sessions: list[str] | None,
+                          session_cv: float, kind: str, label: str, pass_alpha: float | None) -> Verdict:
+    """Default decision: the session model's minimum-effect / equivalence test on logs (stats/decision.py).
+
+    No argument has a default: pluggy passes a hook implementation only its arguments *without* defaults, so
+    a default here would silently replace what the gate hands in (the sessions, the prior, the anchor kind)."""
     from pytest_llmperf.stats.decision import decide
 
     return decide(metric, baseline, candidate, direction=direction, tolerance=tolerance, alpha=alpha,
