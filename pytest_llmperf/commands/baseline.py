@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: not a results file (top level must be an object)")
     fp = results.get("fingerprint") if isinstance(results.get("fingerprint"), dict) else None
     settings = settings_from_args(args, fp)
-    overrides = {k: v for k, v in (("tolerance", args.tolerance), ("family_alpha", args.alpha)) if v is not None}
+    overrides = {k: v for k, v in (("tolerance", args.tolerance), ("family_alpha", args.alpha),
+                                   ("session_cv", args.session_cv)) if v is not None}
     report = update_baselines(results, BaselineStore(args.baseline_dir), accept_regression=args.accept_regression,
                               reason=args.reason, dry_run=args.dry_run, settings=settings,
                               metrics=args.metrics, **overrides)  # fmt: skip

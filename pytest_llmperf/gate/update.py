@@ -88,6 +88,7 @@ def update_baselines(
     settings: GateSettings | Callable[[Mapping[str, Any]], GateSettings] | None = None,
     tolerance: float | None = None,
     family_alpha: float | None = None,
+    session_cv: float | None = None,
     metrics: Sequence[str] | None = None,
     gated: Mapping[str, Sequence[Verdict]] | None = None,
     failed_tests: Mapping[str, str] | None = None,
@@ -99,7 +100,7 @@ def update_baselines(
     """Judge the results' runs against the stored baselines, then record them unless a FAIL forbids it.
 
     ``settings``: the gate settings (or a function of a results test entry giving them); a test entry's own
-    recorded ``gate`` settings win. ``tolerance``/``family_alpha``/``metrics`` override them (CLI flags).
+    recorded ``gate`` settings win. ``tolerance``/``family_alpha``/``session_cv``/``metrics`` override them (CLI flags).
     ``gated``: test id -> the verdicts the test was gated with (the pytest path: nothing is re-judged).
     ``failed_tests``: test id -> why it failed after measuring (never recorded).
     """
@@ -129,10 +130,10 @@ def update_baselines(
             new_tests.append(test_id)
             continue
         s = _settings_for(entry, settings, fp)
-        if tolerance is not None or family_alpha is not None or metrics:
-            s = GateSettings(**{**s.__dict__, **({"tolerance": tolerance} if tolerance is not None else {}),
-                                **({"family_alpha": family_alpha} if family_alpha is not None else {}),
-                                **({"metrics": tuple(metrics)} if metrics else {})})
+        flags = {k: v for k, v in (("tolerance", tolerance), ("family_alpha", family_alpha),
+                                   ("session_cv", session_cv)) if v is not None}
+        if flags or metrics:
+            s = GateSettings(**{**s.__dict__, **flags, **({"metrics": tuple(metrics)} if metrics else {})})
         try:
             c, settled = checks_for_test(test_id, runs, old, test_fp, s, source=str(store.path(hardware_id, test_id)))
         except BaselineError as exc:

@@ -235,3 +235,20 @@ def test_update_accumulates_runs_across_sessions_and_restarts_after_an_accepted_
     assert after == before + [100.5, 99.5, 100.0]  # a second session's runs join the first's
     update_baselines(results([150.0, 151.0, 149.0]), store, accept_regression=True, reason="new model", dry_run=False, **kw)
     assert [r["ttft_p95_ms"] for r in store.load(HW, TEST_ID).runs] == [150.0, 151.0, 149.0]  # starts afresh
+
+
+def test_baseline_update_cli_flags_override_the_gate_settings_a_results_file_recorded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A results file carries the gate it was judged with; ``--session-cv`` (like ``--tolerance``) replaces
+    that, or re-judging recorded GPU sessions with another prior would silently show the old one."""
+    r = tmp_path / "r.json"
+    r.write_text(json.dumps(results([100.0, 101.0, 99.0])))
+    assert cli_main(["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl")]) == 0
+    slowed = results([150.0, 151.0, 149.0])
+    slowed["tests"][0]["gate"] = {**OLD.to_dict(), "session_cv": 0.5}  # a prior wide enough to hide +50%
+    r.write_text(json.dumps(slowed))
+    base = ["baseline", "update", str(r), "--baseline-dir", str(tmp_path / "bl"), "--dry-run"]
+    assert cli_main(base) == 0
+    assert "INCONCLUSIVE" in capsys.readouterr().out
+    assert cli_main([*base, "--session-cv", "0"]) == 1
+    assert "refused: 1 regression(s) (" in capsys.readouterr().out
