@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("baseline", help="manage stored baselines", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
     u = sub.add_parser("update", help="store the runs of a results file as a new baseline session")
-    u.add_argument("results", metavar="RESULTS.json", help="session results written by pytest or llmperf run")
+    u.add_argument("results", metavar="RESULTS.json", help="session results written by pytest or llmperf run (.json or .json.gz)")
     u.add_argument("--baseline-dir", default="baselines", help="baselines folder (default: baselines)")
     u.add_argument("--accept-regression", action="store_true", help="record the new runs even when they regress")
     u.add_argument("--reason", default=None, help="why a regression is accepted (required with --accept-regression)")
@@ -49,11 +49,12 @@ def main(args: argparse.Namespace) -> int:
 
     from pytest_llmperf.commands.compare import settings_from_args
     from pytest_llmperf.gate.compare import verdict_table
+    from pytest_llmperf.report.json_io import read_text
 
     path = Path(args.results)
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        results = json.loads(read_text(path))  # .json or .json.gz (the study's recorded sessions)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: cannot read results: {exc}") from exc
     if not isinstance(results, dict):
         raise UsageError(f"{path}: not a results file (top level must be an object)")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.gate.compare import checks_for_test, verdict_table
 from pytest_llmperf.gate.settings import GateSettings, config_for_backend
+from pytest_llmperf.report.json_io import read_text
 from pytest_llmperf.stats.decision import decide_all
 from pytest_llmperf.storage.baselines import Baseline
 
@@ -33,8 +34,8 @@ def load_baselines(path: str | Path) -> tuple[dict[str, Baseline], dict[str, Any
     """``({test_id: Baseline}, fingerprint or None)`` from a results file (one session) or a baseline file."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
+        data = json.loads(read_text(p))  # .json or .json.gz
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise UsageError(f"{p}: cannot read: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise UsageError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
@@ -108,7 +109,7 @@ def add_gate_arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="compare two results/baseline files (A = baseline, B = candidate)",
                               description=__doc__.splitlines()[0])  # fmt: skip
-    p.add_argument("baseline", metavar="A.json", help="baseline: results or baseline file")
+    p.add_argument("baseline", metavar="A.json", help="baseline: results or baseline file (.json or .json.gz)")
     p.add_argument("candidate", metavar="B.json", help="candidate: results or baseline file")
     add_gate_arguments(p)
     p.set_defaults(func=main)

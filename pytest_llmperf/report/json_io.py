@@ -28,6 +28,7 @@ __all__ = [
     "load_results_any",
     "merge_results",
     "read_results",
+    "read_text",
     "results_from_run_report",
     "validate_results",
     "write_results",
@@ -147,7 +148,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"results file {p} does not exist (write one with pytest --llmperf-results {p})")
     try:
-        data = json.loads(_read_text(p))
+        data = json.loads(read_text(p))
     except json.JSONDecodeError as exc:
         raise BaselineError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
     except (OSError, UnicodeDecodeError, EOFError) as exc:
@@ -155,7 +156,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_results(data, p)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text; ``*.gz`` files are gunzipped (the study's recorded sessions are kept compressed)."""
     if path.suffix == ".gz":
         import gzip
@@ -253,7 +254,7 @@ def load_results_any(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     p = Path(path)
     try:
-        data = json.loads(_read_text(p))
+        data = json.loads(read_text(p))
     except FileNotFoundError:
         raise UsageError(f"{p} does not exist") from None
     except json.JSONDecodeError as exc:

@@ -252,3 +252,17 @@ def test_baseline_update_cli_flags_override_the_gate_settings_a_results_file_rec
     assert "INCONCLUSIVE" in capsys.readouterr().out
     assert cli_main([*base, "--session-cv", "0"]) == 1
     assert "refused: 1 regression(s) (" in capsys.readouterr().out
+
+
+def test_baseline_update_and_compare_read_gzipped_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The study keeps its sessions as .json.gz; re-judging them must not need a gunzip first."""
+    import gzip
+
+    a, b = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
+    a.write_bytes(gzip.compress(json.dumps(results([100.0, 102.0, 98.0])).encode()))
+    b.write_bytes(gzip.compress(json.dumps(results([123.0, 125.0, 121.0])).encode()))
+    assert cli_main(["compare", str(a), str(b), "--tolerance", "0.05", "--session-cv", "0"]) == 1
+    assert cli_main(["baseline", "update", str(a), "--baseline-dir", str(tmp_path / "bl")]) == 0
+    assert cli_main(["baseline", "update", str(b), "--baseline-dir", str(tmp_path / "bl"), "--dry-run",
+                     "--tolerance", "0.05", "--session-cv", "0"]) == 1
+    assert "refused: 1 regression(s) (" in capsys.readouterr().out
