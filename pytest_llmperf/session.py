@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -340,6 +341,8 @@ class LLMPerfSession:
                        "server_metrics": self.cfg.server_metrics, "api": self.cfg.api,
                        "dataset": self.dataset.to_dict() if self.dataset is not None else None,
                        "baseline_dir": str(self.cfg.baseline_dir),
+                       # where the runs were measured (the session record of any baseline written from them)
+                       "machine": None if self.cfg.endpoint else self.topology.machine_identity(socket.gethostname()),
                        "engine_restarts": list(self._pool.restarts) if self._pool is not None else [],
                        "engine_starts": [{"label": s.label, "startup_s": s.startup_s, "ok": s.ok}
                                          for s in (self._pool.starts if self._pool else [])]},

@@ -85,6 +85,13 @@ class Topology:
                     return "pcie"
         return "nvlink"
 
+    def machine_identity(self, hostname: str) -> str:
+        """The session record's ``machine``: the host name plus each GPU's UUID prefix, so two leases of one
+        machine kind (cloud hosts often share a host name such as ``vm``) are told apart. Without GPUs: the
+        host name."""
+        uuids = [g.uuid[:12] for g in self.gpus if g.uuid]
+        return f"{hostname} [{', '.join(uuids)}]" if uuids else hostname
+
     def describe(self) -> str:
         """One line for the pytest header, e.g. ``2 x NVIDIA H200, NVLink (NV18), driver 570.124``."""
         if not self.gpus:

@@ -165,7 +165,10 @@ def update_baselines(
     failed_ids = {v.test_id for v in failed}
     news = [NewRuns(t, f, tuple(r), restart=t in failed_ids) for t, r, f in keep]
     kept = settings.sessions_kept if isinstance(settings, GateSettings) else SESSIONS_KEPT
-    paths = record_sessions(store, hardware_id, news, SessionInfo.new(commit=the_commit), provenance,
+    header = results.get("header")
+    machine = header.get("machine") if isinstance(header, Mapping) else None
+    measured_on = machine if isinstance(machine, str) else None  # else: this host
+    paths = record_sessions(store, hardware_id, news, SessionInfo.new(commit=the_commit, machine=measured_on), provenance,
                             sessions_kept=kept, dry_run=dry_run)
     written = [str(p) for p in paths]
     verb = "would write" if dry_run else "wrote"

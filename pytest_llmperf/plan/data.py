@@ -63,14 +63,16 @@ def median_metric(test: Mapping[str, Any], metric: str) -> float | None:
 
 
 def measured_points(results: Sequence[Mapping[str, Any]]) -> list[Measured]:
-    """Every measured test of every results dict, reduced to medians."""
+    """Every measured test of every results dict, reduced to medians. Replicated (``dp2``) and expert-parallel
+    engines are left out: the planner models TP and PP of one model copy, and a DP=2 engine (tp=1, pp=1) would
+    otherwise count as a single GPU."""
     out = []
     for res in results:
         fp = res.get("fingerprint") or {}
         for test in res.get("tests") or []:
-            if not test.get("runs"):
-                continue
             engine, wl = test.get("engine") or {}, test.get("workload") or {}
+            if not test.get("runs") or int(engine.get("dp") or 1) > 1 or engine.get("expert_parallel"):
+                continue
             tp, pp = int(engine.get("tp") or 1), int(engine.get("pp") or 1)
             out.append(Measured(
                 link=link_of(test, fp), mode=mode_label(tp, pp), tp=tp, pp=pp,

@@ -112,3 +112,17 @@ def test_cli_model_from_a_config_json(capsys: pytest.CaptureFixture[str], tmp_pa
     _, by_path = _run(capsys, single, "--pp", "2", "--model", str(tmp_path))
     assert by_preset == by_path
     assert "pp2" in by_path
+
+
+def test_replicated_and_expert_parallel_engines_are_not_planner_points() -> None:
+    """A DP=2 engine has tp=1, pp=1: counted, it would be a 'single' GPU point and move every calibration (the
+    study's DP=2 file moved the NVLink TP share at concurrency 1 from 0.085 to 0.131 before it was left out)."""
+    run = {"summary": {"tpot_p50_ms": 9.0, "ttft_p50_ms": 40.0, "output_throughput_tok_s": 100.0}}
+
+    def test(**engine: object) -> dict:
+        return {"test_id": "t", "runs": [run], "engine": {"tp": 1, "pp": 1, **engine},
+                "workload": {"concurrency": 1, "input_len": 512, "output_len": 128}}
+
+    results = {"fingerprint": {"gpu_model": "NVIDIA H200"},
+               "tests": [test(), test(dp=2), test(tp=2, expert_parallel=True)]}
+    assert [p.mode for p in measured_points([results])] == ["single"]

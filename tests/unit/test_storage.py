@@ -266,3 +266,18 @@ def test_baseline_update_and_compare_read_gzipped_results(tmp_path: Path, capsys
     assert cli_main(["baseline", "update", str(b), "--baseline-dir", str(tmp_path / "bl"), "--dry-run",
                      "--tolerance", "0.05", "--session-cv", "0"]) == 1
     assert "refused: 1 regression(s) (" in capsys.readouterr().out
+
+
+def test_a_session_records_the_machine_its_results_were_measured_on(tmp_path: Path) -> None:
+    """``llmperf baseline update`` may run elsewhere (a laptop, a CI step): the session's machine is the one
+    in the results header, the host name only when the header has none."""
+    import socket
+
+    store, _ = golden_store(tmp_path, "valid_baseline.json")
+    kw = dict(user="tester", commit="abc", command="c", settings=OLD)
+    measured = results([100.5, 99.5, 100.0])
+    measured["header"] = {"machine": "vm [GPU-31d15778, GPU-7896c686]"}
+    update_baselines(measured, store, accept_regression=False, reason=None, dry_run=False, **kw)
+    update_baselines(results([100.2, 99.8, 100.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
+    machines = [s["machine"] for s in store.load(HW, TEST_ID).sessions.values()]
+    assert machines[-2:] == ["vm [GPU-31d15778, GPU-7896c686]", socket.gethostname()]

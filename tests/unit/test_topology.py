@@ -213,3 +213,11 @@ def test_interconnect_of_a_subset_and_missing_pairs() -> None:
     assert topo.interconnect([0, 1]) == "nvlink"
     assert topo.interconnect() == "pcie"  # pair (0, 2) unknown: not NVLink
     assert topo.interconnect([2]) == "none"
+
+
+def test_machine_identity_tells_two_hosts_of_one_name_apart() -> None:
+    a = Topology((GpuInfo(0, "H200", 0, "GPU-31d15778-d8f7-3c02"), GpuInfo(1, "H200", 0, "GPU-7896c686-1c69")))
+    b = Topology((GpuInfo(0, "H200", 0, "GPU-aa000001-0000"), GpuInfo(1, "H200", 0, "GPU-aa000002-0000")))
+    assert a.machine_identity("vm") == "vm [GPU-31d15778, GPU-7896c686]"
+    assert a.machine_identity("vm") != b.machine_identity("vm")
+    assert Topology(()).machine_identity("ci-box") == "ci-box"
