@@ -279,5 +279,7 @@ def test_a_session_records_the_machine_its_results_were_measured_on(tmp_path: Pa
     measured["header"] = {"machine": "vm [GPU-31d15778, GPU-7896c686]"}
     update_baselines(measured, store, accept_regression=False, reason=None, dry_run=False, **kw)
     update_baselines(results([100.2, 99.8, 100.0]), store, accept_regression=False, reason=None, dry_run=False, **kw)
-    machines = [s["machine"] for s in store.load(HW, TEST_ID).sessions.values()]
-    assert machines[-2:] == ["vm [GPU-31d15778, GPU-7896c686]", socket.gethostname()]
+    stored = store.load(HW, TEST_ID)
+    in_order = list(dict.fromkeys(stored.session_ids()))  # session ids in recording order (the dict is sorted)
+    assert [stored.sessions[s]["machine"] for s in in_order[-2:]] == ["vm [GPU-31d15778, GPU-7896c686]",
+                                                                     socket.gethostname()]
