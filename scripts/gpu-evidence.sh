@@ -31,6 +31,24 @@ SWEEP=(-p pytest_llmperf.plugin -p no:cacheprovider -rs --llmperf-backend gpu
        --llmperf-repeats 5 --llmperf-max-model-len 4096 --llmperf-engine-args "--max-num-seqs 32"
        --llmperf-startup-timeout 420
        --llmperf-results "$RES/results.json" --llmperf-report-dir "$RES/report" ${LLMPERF_STUDY_ARGS:-})
+# every runtime dependency in pyproject.toml must import here before an engine start is spent (a GPU image
+# staged by hand lacks what the payload does not carry: ruptures cost one 5-minute session to find out)
+"$PY" - <<'PY' || exit 3
+import importlib, re, sys, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+names = {"nvidia-ml-py": "pynvml", "prometheus-client": "prometheus_client"}
+missing = []
+for dep in deps:
+    if ";" in dep and "python_version < '3.11'" in dep:
+        continue
+    dist = re.match(r"[A-Za-z0-9_.-]+", dep).group(0)
+    try:
+        importlib.import_module(names.get(dist, dist.replace("-", "_")))
+    except ImportError as exc:
+        missing.append(f"{dist} ({exc})")
+if missing:
+    sys.exit("gpu-evidence: missing on this machine (pyproject dependencies): " + "; ".join(missing))
+PY
 # the study phases record baselines; the gate-proof phases (rerun, regress) judge against them
 case "$PHASE" in rerun|regress) ;; *)
   SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study, 2 x H200, K=5, $(date -u +%F)") ;; esac
