@@ -72,7 +72,7 @@ def pytest_llmperf_decide(test_id: str, metric: str, baseline: list[float], cand
                           session_cv: float, kind: str, label: str, pass_alpha: float | None) -> Verdict:
     """Default decision: the session model's minimum-effect / equivalence test on logs (stats/decision.py).
 
-    No argument has a default: pluggy passes a hook implementation only its arguments *without* defaults, so
+    No argument has a default: pluggy may pass a hook implementation only its arguments *without* defaults, so
     a default here would silently replace what the gate hands in (the sessions, the prior, the anchor kind)."""
     from pytest_llmperf.stats.decision import decide
 

@@ -1,9 +1,9 @@
 """The plugin's hook implementations take every argument they declare from pluggy.
 
-pluggy before 1.6 hands a hook implementation only its arguments without defaults; a defaulted argument keeps
-its default whatever the caller passes. On such a pluggy (the GPU image's) the default ``pytest_llmperf_decide``
-once judged every baseline as one session with no session prior, and labelled anchor checks as regression
-checks, while pluggy 1.7 here passed everything. No default, no version dependence.
+pluggy documents that a hook implementation's arguments with defaults are optional and not passed, and the GPU
+image's pluggy behaved so: a defaulted argument kept its default whatever the caller passed. There the default
+``pytest_llmperf_decide`` once judged every baseline as one session with no session prior, and labelled anchor
+checks as regression checks, while pluggy 1.7 here passed everything. No default, no version dependence.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_no_hook_implementation_argument_has_a_default() -> None:
 
 
 def test_decide_hook_receives_the_sessions_through_old_pluggy_calling() -> None:
-    """Call the default decide hook the way pluggy < 1.6 does (declared argnames only, via pluggy's own
+    """Call the default decide hook the way such a pluggy does (declared argnames only, via pluggy's own
     ``varnames``): three baseline sessions must reach the decision as three."""
     from pluggy._hooks import varnames
 
