@@ -110,7 +110,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="compare two results/baseline files (A = baseline, B = candidate)",
                               description=__doc__.splitlines()[0])  # fmt: skip
     p.add_argument("baseline", metavar="A.json", help="baseline: results or baseline file (.json or .json.gz)")
-    p.add_argument("candidate", metavar="B.json", help="candidate: results or baseline file")
+    p.add_argument("candidate", metavar="B.json", help="candidate: results or baseline file (.json or .json.gz)")
     add_gate_arguments(p)
     p.set_defaults(func=main)
     return p

@@ -7,7 +7,6 @@ files under docs/gpu-results/data). Each test's runs are reduced to the median o
 
 from __future__ import annotations
 
-import gzip
 import json
 import statistics
 from collections.abc import Mapping, Sequence
@@ -44,14 +43,13 @@ class Measured:
 
 def load_results_file(path: str | Path) -> dict[str, Any]:
     """A session results file (``.json`` or ``.json.gz``), validated; a :class:`UsageError` naming the file."""
-    from pytest_llmperf.report.json_io import validate_results
+    from pytest_llmperf.report.json_io import read_text, validate_results
 
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"results file {p} does not exist")
     try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(read_text(p))
     except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{p}: not a readable results file ({exc})") from exc
     return validate_results(data, p)
