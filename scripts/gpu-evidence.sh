@@ -26,8 +26,11 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 NAME="$PHASE${LLMPERF_TAG:+-$LLMPERF_TAG}"
 RES=".llmperf/gpu-$NAME"
+# the model is set here, once: a second --llmperf-model later on the line would silently win (argparse keeps the
+# last), which is how a first MoE run measured the 14B dense model
+MODEL=deepseek-r1-distill-qwen-14b; [ "$PHASE" = moe ] && MODEL=qwen3-30b-a3b
 SWEEP=(-p pytest_llmperf.plugin -p no:cacheprovider -rs --llmperf-backend gpu
-       --llmperf-model deepseek-r1-distill-qwen-14b --llmperf-concurrency "${LLMPERF_CONCURRENCY:-1,8,32}"
+       --llmperf-model "$MODEL" --llmperf-concurrency "${LLMPERF_CONCURRENCY:-1,8,32}"
        --llmperf-input-lens 512 --llmperf-output-len 128 --llmperf-num-requests 6 --llmperf-min-waves 3
        --llmperf-repeats 5 --llmperf-max-model-len 4096 --llmperf-engine-args "--max-num-seqs 32"
        --llmperf-startup-timeout 420
@@ -71,12 +74,11 @@ case "$PHASE" in
         --llmperf-emulate-pcie off "${SWEEP[@]}" ;;
   dp|moe)  # one pytest session per link; the phase fails if either does
     rc=0
-    if [ "$PHASE" = dp ]; then MODEL=(); PCIE_MODES=dp2; NVLINK_MODES=dp2
-    else MODEL=(--llmperf-model qwen3-30b-a3b); PCIE_MODES=single,tp2,ep2; NVLINK_MODES=tp2,ep2; fi
+    if [ "$PHASE" = dp ]; then PCIE_MODES=dp2; NVLINK_MODES=dp2; else PCIE_MODES=single,tp2,ep2; NVLINK_MODES=tp2,ep2; fi
     if on_link pcie; then "$PY" -m pytest perf_tests/test_pcie.py -m pcie --llmperf-modes "${LLMPERF_MODES:-$PCIE_MODES}" \
-        --llmperf-emulate-pcie on "${MODEL[@]}" "${SWEEP[@]}" || rc=$?; fi
+        --llmperf-emulate-pcie on "${SWEEP[@]}" || rc=$?; fi
     if on_link nvlink; then "$PY" -m pytest perf_tests/test_nvlink.py -m nvlink \
-        --llmperf-modes "${LLMPERF_MODES:-$NVLINK_MODES}" --llmperf-emulate-pcie off "${MODEL[@]}" "${SWEEP[@]}" || rc=$?; fi
+        --llmperf-modes "${LLMPERF_MODES:-$NVLINK_MODES}" --llmperf-emulate-pcie off "${SWEEP[@]}" || rc=$?; fi
     (exit $rc) ;;
   rerun|regress)
     EXTRA=(); [ "$PHASE" = regress ] && EXTRA=(--llmperf-engine-args "--max-num-seqs 32 ${LLMPERF_REGRESS_ARGS:---disable-custom-all-reduce}")

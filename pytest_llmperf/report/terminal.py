@@ -267,8 +267,10 @@ def overall_verdict(results: dict[str, Any]) -> str:
 
 
 def render_header(header: dict[str, Any]) -> str:
-    """One line: topology, engine version, backend and (if any) interconnect emulation."""
+    """One line: topology, model, engine version, backend and (if any) interconnect emulation."""
     parts = [f"llmperf: {header_title(header)}"]
+    if header.get("model") and not header.get("endpoint"):  # an endpoint's title names its served model
+        parts.append(f"model {header['model']}")
     if header.get("engine_version") and header["engine_version"] != "unknown":
         parts.append(f"engine {header['engine_version']}")
     if not header.get("endpoint"):

@@ -40,6 +40,9 @@ def test_header_pcie_emulation() -> None:
     assert line == ("llmperf: 2x H200 | engine vllm 0.11.0 | backend gpu | "
                     "PCIe emulated: NCCL P2P/NVLS, custom and symmetric-memory all-reduce and the all-reduce fusion off")
     assert "\n" not in line and "emulated" not in render_header({"topology": "cpu", "emulation": None})
+    # the model is named: the study's first MoE session measured the dense preset and only a roofline line showed it
+    line = render_header({"topology": "1x H200", "model": "qwen3-30b-a3b", "backend": "gpu"})
+    assert line == "llmperf: 1x H200 | model qwen3-30b-a3b | backend gpu"
 
 
 def test_verdicts_come_first_in_order(sample: dict) -> None:
