@@ -33,6 +33,7 @@ __all__ = ["Baseline", "Provenance", "BaselineStore", "BASELINE_SCHEMA_VERSION",
 BASELINE_SCHEMA_VERSION = 1
 LEGACY_SESSION = "legacy"  #: session id of runs recorded before sessions were stored (the same as stats/decision.py's)
 _LOCK_NAME = ".lock"
+_GITIGNORE = "# written by pytest-llmperf: each machine folder's lock file (held while baselines are written)\n.lock\n"
 
 
 def safe_file_name(test_id: str) -> str:
@@ -209,22 +210,48 @@ class BaselineStore:
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            lock = open(folder / _LOCK_NAME, "a+b")  # noqa: SIM115 - closed below, after the unlock
-        except OSError as exc:
-            raise BaselineError(f"baseline folder {folder} is not writable ({exc.strerror or exc}); "
-                                f"check its permissions or choose another with --llmperf-baseline-dir") from exc
-        with lock:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - Windows: os.replace alone is still atomic
-                yield
-                return
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: os.replace alone is still atomic
+            self._open_lock(folder).close()
+            yield
+            return
+        created = not folder.exists()
+        while True:
+            lock = self._open_lock(folder)
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:  # the holder before us may have removed the file (see below): then lock the new one
+                if os.fstat(lock.fileno()).st_ino == os.stat(folder / _LOCK_NAME).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock.close()
+        with lock:
             try:
                 yield
             finally:
+                if created:  # a transaction that wrote nothing leaves no empty machine folder behind
+                    with contextlib.suppress(OSError):
+                        if [p.name for p in folder.iterdir()] == [_LOCK_NAME]:
+                            (folder / _LOCK_NAME).unlink()
+                            folder.rmdir()
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _open_lock(self, folder: Path) -> Any:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._ignore_lock_files()
+            return open(folder / _LOCK_NAME, "a+b")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise BaselineError(f"baseline folder {folder} is not writable ({exc.strerror or exc}); "
+                                f"check its permissions or choose another with --llmperf-baseline-dir") from exc
+
+    def _ignore_lock_files(self) -> None:
+        """The lock files are not baselines: a ``.gitignore`` in the root keeps them out of the team's commits
+        (written once, as pytest does for its cache; a ``.gitignore`` already there is the team's and left alone)."""
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            with contextlib.suppress(OSError):
+                ignore.write_text(_GITIGNORE, encoding="utf-8")
 
     @contextlib.contextmanager
     def transaction(self, hardware_id: str) -> Iterator[BaselineStore]:

@@ -283,3 +283,20 @@ def test_a_session_records_the_machine_its_results_were_measured_on(tmp_path: Pa
     in_order = list(dict.fromkeys(stored.session_ids()))  # session ids in recording order (the dict is sorted)
     assert [stored.sessions[s]["machine"] for s in in_order[-2:]] == ["vm [GPU-31d15778, GPU-7896c686]",
                                                                      socket.gethostname()]
+
+
+def test_lock_files_stay_out_of_commits_and_an_empty_transaction_leaves_nothing(tmp_path: Path) -> None:
+    """The store's per-folder ``.lock`` is ignored by a ``.gitignore`` it writes once (a team's own is kept), and a
+    transaction that writes nothing (a session that recorded 0 baselines) leaves no empty machine folder."""
+    store = BaselineStore(tmp_path / "baselines")
+    with store.transaction(HW) as tx:
+        assert tx.load(HW, TEST_ID) is None
+    assert sorted(p.name for p in store.root.iterdir()) == [".gitignore"]
+    assert ".lock" in (store.root / ".gitignore").read_text().splitlines()
+    store.save(make_baseline(TEST_ID, 1.0))
+    assert sorted(p.name for p in (store.root / HW).iterdir()) == [".lock", safe_file_name(TEST_ID)]
+    (store.root / ".gitignore").write_text("# the team's\n")
+    with store.transaction(HW) as tx:  # the folder existed: kept, lock and all
+        tx.save(make_baseline(TEST_ID, 2.0))
+    assert (store.root / ".gitignore").read_text() == "# the team's\n"
+    assert store.load(HW, TEST_ID).runs[0]["m0_ms"] == 2.0
