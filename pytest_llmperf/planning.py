@@ -65,10 +65,13 @@ def emulation_note(cfg: LLMPerfConfig, topology: Topology) -> str | None:
         return None  # nothing is emulated on a server we do not start
     if cfg.backend == "cpu":
         return "CPU backend: no GPU interconnect (ranks share host memory)"
-    if pcie_emulation_active(cfg, topology):
-        return ("PCIe emulated on NVLink: NCCL P2P/NVLS off, custom and symmetric-memory all-reduce off, "
-                "all-reduce fusion off (proven from the engine log)")
-    return None
+    if not pcie_emulation_active(cfg, topology):
+        return None
+    if topology.gpu_count < 2:  # forced on where there is no peer link: say so rather than claim NVLink
+        return "PCIe emulation on, but this machine has one GPU: no peer link to emulate (single-GPU engines)"
+    link = topology.interconnect(range(topology.gpu_count))
+    return (f"PCIe emulated on {'NVLink' if link == 'nvlink' else link}: NCCL P2P/NVLS off, custom and "
+            "symmetric-memory all-reduce off, all-reduce fusion off (proven from the engine log)")
 
 
 def header_line(cfg: LLMPerfConfig, topology: Topology) -> str:

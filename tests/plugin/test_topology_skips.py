@@ -106,6 +106,15 @@ def test_one_gpu_skips_two_gpu_modes(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*SPEC test_single backend=gpu label=single emulate_pcie=False devices=(0,)"])
 
 
+def test_forced_emulation_on_one_gpu_says_there_is_no_peer_link(inner: pytest.Pytester) -> None:
+    """--llmperf-emulate-pcie on with one GPU: the header must not claim NVLink was emulated away."""
+    result = run(inner, "1xH200", "--llmperf-emulate-pcie", "on")
+    result.assert_outcomes(passed=3, skipped=4)
+    result.stdout.fnmatch_lines(["llmperf: backend gpu, 1 x H200*; PCIe emulation on, but this machine has one GPU: "
+                                 "no peer link to emulate (single-GPU engines)"])
+    result.stdout.no_fnmatch_line("*PCIe emulated on NVLink*")
+
+
 def test_two_gpus_over_pcie_skip_nvlink_tests(inner: pytest.Pytester) -> None:
     result = run(inner, "2xRTX3090:pcie")
     result.assert_outcomes(passed=6, skipped=1)
