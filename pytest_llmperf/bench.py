@@ -346,9 +346,9 @@ class Bench:
         ctx = self.context
         fp = ctx.fingerprint()
         store = BaselineStore(ctx.cfg.baseline_dir)
-        path = store.path(fp.hardware_id(), self.test_id)
+        path = store.path(fp.hardware_id(), self.test_id, fp.model)
         try:
-            baseline = store.load(fp.hardware_id(), self.test_id)
+            baseline = store.load(fp.hardware_id(), self.test_id, fp.model)
             checks, settled = checks_for_test(self.test_id, runs, baseline, fp, self.settings.gate, source=str(path),
                                               where=f"{fp.hardware_id()} in {ctx.cfg.baseline_dir}/")
         except BaselineError as exc:

@@ -226,7 +226,8 @@ class LLMPerfSession:
                 settings, spec = item.stash[SETTINGS_KEY], item.stash[SPEC_KEY]
                 n = planning.planned_metric_count(settings.gate.metrics, settings.gate.default_metrics, spec)
                 try:
-                    m += planned_checks(store.load(self.fingerprint_for(spec).hardware_id(), item.nodeid), n) or n
+                    fp = self.fingerprint_for(spec)
+                    m += planned_checks(store.load(fp.hardware_id(), item.nodeid, fp.model), n) or n
                 except (BaselineError, UsageError):
                     m += n
             self._alpha = self.cfg.far / max(m, 1)

@@ -125,7 +125,7 @@ def update_baselines(
         if gated is not None:
             verdicts += [v for v in gated.get(test_id, []) if v.kind != "slo"]
             continue
-        old = store.load(hardware_id, test_id)
+        old = store.load(hardware_id, test_id, test_fp.model)
         if old is None:
             new_tests.append(test_id)
             continue
@@ -135,17 +135,19 @@ def update_baselines(
         if flags or metrics:
             s = GateSettings(**{**s.__dict__, **flags, **({"metrics": tuple(metrics)} if metrics else {})})
         try:
-            c, settled = checks_for_test(test_id, runs, old, test_fp, s, source=str(store.path(hardware_id, test_id)))
+            c, settled = checks_for_test(test_id, runs, old, test_fp, s, source=str(store.path(hardware_id, test_id, test_fp.model)))
         except BaselineError as exc:
             raise UsageError(str(exc)) from None
         checks += c
         verdicts += settled
     if gated is not None:
-        new_tests = [t for t, _, _ in keep if store.load(hardware_id, t) is None]
+        new_tests = [t for t, _, f in keep if store.load(hardware_id, t, f.model) is None]
     alpha = family_alpha if family_alpha is not None else (
         settings.family_alpha if isinstance(settings, GateSettings) else 0.05)
     verdicts = sorted(decide_all(checks, alpha, decide_fn=decide_fn) + verdicts, key=lambda v: (v.test_id, v.metric))
-    stale = store.stale(hardware_id, [t for t, _, _, _ in entries]) if (store.root / hardware_id).is_dir() else []
+    models = {f.model for _, _, f, _ in entries}  # stale among this session's model's baselines, not another's
+    stale = (store.stale(hardware_id, [t for t, _, _, _ in entries], next(iter(models)) if len(models) == 1 else None)
+             if (store.root / hardware_id).is_dir() else [])
     failed = [v for v in verdicts if v.verdict == VerdictState.FAIL]
     if failed and not accept_regression:
         msg = (f"refused: {len(failed)} regression(s) "

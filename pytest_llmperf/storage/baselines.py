@@ -1,4 +1,6 @@
-"""Baselines on disk: ``<root>/<hardware_id>/<safe test id>.json``, one JSON document per test.
+"""Baselines on disk: ``<root>/<hardware_id>/<safe test id>--<model>-<hash>.json``, one JSON document per test and
+model (a runner that gates two models keeps a baseline of each; files written before the model was in the name are
+read for the model in their fingerprint and renamed on their next write).
 
 A baseline keeps the raw per-run summaries (so later statistics stay possible), the session each run
 came from (``run_sessions``, with ``sessions[id]`` = date, commit, machine), the full fingerprint,
@@ -36,16 +38,20 @@ _LOCK_NAME = ".lock"
 _GITIGNORE = "# written by pytest-llmperf: each machine folder's lock file (held while baselines are written)\n.lock\n"
 
 
-def safe_file_name(test_id: str) -> str:
-    """A portable file name for ``test_id``: readable ``[A-Za-z0-9._-]`` slug plus 8 hex of its SHA-1.
+def safe_file_name(test_id: str, model: str | None = None) -> str:
+    """A portable file name for ``test_id`` (and its model): readable ``[A-Za-z0-9._-]`` slugs plus 8 hex of a SHA-1.
 
-    ``perf_tests/test_pcie.py::test_serving[pp2-c8-in256]`` ->
-    ``perf_tests-test_pcie.py--test_serving-pp2-c8-in256-<hash>.json``. Not reversible: the id is
-    stored inside the file, and the hash keeps ids that slug alike apart.
+    ``perf_tests/test_pcie.py::test_serving[pp2-c8-in256]``, ``tiny-llama`` ->
+    ``perf_tests-test_pcie.py--test_serving-pp2-c8-in256--tiny-llama-<hash>.json``. Not reversible: the id and the
+    model are stored inside the file, and the hash keeps ids that slug alike apart. Without a model: the name
+    baselines had before the model was part of it.
     """
     readable = re.sub(r"[^A-Za-z0-9._-]", "-", test_id).strip("-.")[:120] or "test"
-    digest = hashlib.sha1(test_id.encode("utf-8")).hexdigest()[:8]
-    return f"{readable}-{digest}.json"
+    if model is None:
+        return f"{readable}-{hashlib.sha1(test_id.encode('utf-8')).hexdigest()[:8]}.json"
+    model_slug = re.sub(r"[^A-Za-z0-9._-]", "-", model).strip("-.")[:60] or "model"
+    digest = hashlib.sha1(f"{test_id}\n{model}".encode()).hexdigest()[:8]
+    return f"{readable}--{model_slug}-{digest}.json"
 
 
 @dataclass(frozen=True)
@@ -181,10 +187,10 @@ class BaselineStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def path(self, hardware_id: str, test_id: str) -> Path:
+    def path(self, hardware_id: str, test_id: str, model: str | None = None) -> Path:
         if not re.fullmatch(r"[a-z0-9._-]+", hardware_id) or hardware_id.startswith("."):
             raise BaselineError(f"hardware id {hardware_id!r} is not a safe folder name ([a-z0-9._-] only)")
-        return self.root / hardware_id / safe_file_name(test_id)
+        return self.root / hardware_id / safe_file_name(test_id, model)
 
     def _read(self, path: Path) -> Baseline:
         try:
@@ -197,15 +203,26 @@ class BaselineStore:
             raise BaselineError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
         return Baseline.from_dict(data, source=str(path))
 
-    def load(self, hardware_id: str, test_id: str) -> Baseline | None:
-        """The stored baseline of ``test_id`` on this hardware, or None when there is none."""
-        path = self.path(hardware_id, test_id)
-        if not path.exists():
-            return None
-        baseline = self._read(path)
-        if baseline.test_id != test_id:
-            raise BaselineError(f"{path}: field 'test_id' is {baseline.test_id!r}, expected {test_id!r}")
-        return baseline
+    def load(self, hardware_id: str, test_id: str, model: str | None = None) -> Baseline | None:
+        """The stored baseline of ``test_id`` with ``model`` on this hardware, or None when there is none. A file
+        named before the model was part of the name counts when its fingerprint holds this model (or none).
+        Without ``model``: the test's one baseline, whatever its model (an error naming them when there are several)."""
+        if model is None:
+            found = [b for b in self.baselines(hardware_id) if b.test_id == test_id]
+            if len(found) > 1:
+                models = ", ".join(str(b.fingerprint.get("model")) for b in found)
+                raise BaselineError(f"{self.root / hardware_id}: {test_id} has baselines of {len(found)} models "
+                                    f"({models}); name the model")
+            return found[0] if found else None
+        for path in dict.fromkeys((self.path(hardware_id, test_id, model), self.path(hardware_id, test_id))):
+            if not path.exists():
+                continue
+            baseline = self._read(path)
+            if baseline.test_id != test_id:
+                raise BaselineError(f"{path}: field 'test_id' is {baseline.test_id!r}, expected {test_id!r}")
+            if baseline.fingerprint.get("model") in (None, model):
+                return baseline
+        return None
 
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
@@ -276,7 +293,9 @@ class BaselineStore:
             except UsageError as exc:
                 raise BaselineError(f"cannot save baseline of {baseline.test_id!r}: {exc}") from exc
         Baseline.from_dict(baseline.to_dict(), source=f"baseline of {baseline.test_id!r}")  # refuse to write junk
-        path = self.path(hardware_id, baseline.test_id)
+        model = baseline.fingerprint.get("model")
+        path = self.path(hardware_id, baseline.test_id, model)
+        legacy = self.path(hardware_id, baseline.test_id)
         payload = json.dumps(baseline.to_dict(), indent=2, sort_keys=True) + "\n"
         lock = contextlib.nullcontext() if self._held else self._locked(path.parent)
         with lock:
@@ -296,6 +315,11 @@ class BaselineStore:
                 if isinstance(exc, OSError):
                     raise BaselineError(f"{path}: cannot write baseline: {exc}") from exc
                 raise
+            if legacy != path and legacy.exists():  # this model's old-named file, which load read, is superseded
+                with contextlib.suppress(BaselineError, OSError):
+                    old = self._read(legacy)
+                    if old.test_id == baseline.test_id and old.fingerprint.get("model") in (None, model):
+                        legacy.unlink()
         return path
 
     def hardware_ids(self) -> list[str]:
@@ -304,14 +328,21 @@ class BaselineStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def test_ids(self, hardware_id: str) -> list[str]:
-        """Test ids with a baseline on this hardware (read from inside the files), sorted."""
+    def baselines(self, hardware_id: str) -> list[Baseline]:
+        """Every baseline on this hardware (each test and model), sorted by test id, then model."""
         folder = self.root / hardware_id
         if not folder.is_dir():
             return []
-        return sorted(self._read(p).test_id for p in folder.glob("*.json") if not p.name.startswith("."))
+        found = [self._read(p) for p in folder.glob("*.json") if not p.name.startswith(".")]
+        return sorted(found, key=lambda b: (b.test_id, str(b.fingerprint.get("model") or "")))
 
-    def stale(self, hardware_id: str, current_test_ids: Mapping[str, Any] | list[str] | set[str]) -> list[str]:
-        """Baselines of tests that no longer exist (not in ``current_test_ids``)."""
+    def test_ids(self, hardware_id: str, model: str | None = None) -> list[str]:
+        """Test ids with a baseline on this hardware (read from inside the files; of ``model`` only, if given)."""
+        return sorted({b.test_id for b in self.baselines(hardware_id)
+                       if model is None or b.fingerprint.get("model") in (None, model)})
+
+    def stale(self, hardware_id: str, current_test_ids: Mapping[str, Any] | list[str] | set[str],
+              model: str | None = None) -> list[str]:
+        """Baselines (of ``model``, if given) of tests that no longer exist (not in ``current_test_ids``)."""
         current = set(current_test_ids)
-        return [t for t in self.test_ids(hardware_id) if t not in current]
+        return [t for t in self.test_ids(hardware_id, model) if t not in current]

@@ -113,10 +113,10 @@ def record_sessions(store: BaselineStore, hardware_id: str, entries: Sequence[Ne
     """Merge every entry into its baseline file under one lock; returns the paths (would be) written."""
     written: list[Path] = []
     if dry_run:
-        return [store.path(hardware_id, e.test_id) for e in entries]
+        return [store.path(hardware_id, e.test_id, e.fingerprint.model) for e in entries]
     with store.transaction(hardware_id) as tx:
         for entry in entries:
-            baseline = merge_session(tx.load(hardware_id, entry.test_id), entry, session, provenance, sessions_kept)
+            baseline = merge_session(tx.load(hardware_id, entry.test_id, entry.fingerprint.model), entry, session, provenance, sessions_kept)
             written.append(tx.save(baseline, hardware_id))
     return written
 
@@ -127,9 +127,8 @@ def pin_anchor(store: BaselineStore, hardware_id: str, label: str, test_ids: Seq
         raise UsageError("baseline pin: the anchor needs a non-empty label, e.g. --label v1.4.0")
     written = []
     with store.transaction(hardware_id) as tx:
-        for test_id in test_ids if test_ids is not None else tx.test_ids(hardware_id):
-            b = tx.load(hardware_id, test_id)
-            if b is None:
+        for b in tx.baselines(hardware_id):  # every model's
+            if test_ids is not None and b.test_id not in test_ids:
                 continue
             b.anchor = {"label": label, "auto": False, "runs": list(b.runs), "run_sessions": b.session_ids(),
                         "pinned_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -128,7 +128,9 @@ def test_update_policy(tmp_path: Path) -> None:
     refused = update_baselines(results(300.0), store, **kw)
     assert refused.refused and "refused: 1 regression(s) (t::a e2el_p50_ms)" in refused.message
     assert len(store.load(HW, "t::a").runs) == 3
-    store.path(HW, "t::a").write_text(json.dumps({**store.load(HW, "t::a").to_dict(), "runs": [], "run_sessions": []}))
+    stored = store.load(HW, "t::a")
+    store.path(HW, "t::a", stored.fingerprint["model"]).write_text(
+        json.dumps({**stored.to_dict(), "runs": [], "run_sessions": []}))
     with pytest.raises(Exception, match="field 'runs' is empty"):
         update_baselines(results(100.0), store, **kw)
 

@@ -294,9 +294,43 @@ def test_lock_files_stay_out_of_commits_and_an_empty_transaction_leaves_nothing(
     assert sorted(p.name for p in store.root.iterdir()) == [".gitignore"]
     assert ".lock" in (store.root / ".gitignore").read_text().splitlines()
     store.save(make_baseline(TEST_ID, 1.0))
-    assert sorted(p.name for p in (store.root / HW).iterdir()) == [".lock", safe_file_name(TEST_ID)]
+    assert sorted(p.name for p in (store.root / HW).iterdir()) == [".lock", safe_file_name(TEST_ID, "tiny-llama")]
     (store.root / ".gitignore").write_text("# the team's\n")
     with store.transaction(HW) as tx:  # the folder existed: kept, lock and all
         tx.save(make_baseline(TEST_ID, 2.0))
     assert (store.root / ".gitignore").read_text() == "# the team's\n"
     assert store.load(HW, TEST_ID).runs[0]["m0_ms"] == 2.0
+
+
+def _with_model(b: Baseline, model: str) -> Baseline:
+    b.fingerprint = {**b.fingerprint, "model": model}
+    return b
+
+
+def test_two_models_on_one_machine_keep_their_own_baselines(tmp_path: Path) -> None:
+    """The same test run with --llmperf-model A and B on one runner: two baselines, neither overwrites the other
+    (before the model was in the file name, B's update replaced A's runs: a new fingerprint restarts a baseline)."""
+    store = BaselineStore(tmp_path)
+    store.save(_with_model(make_baseline(TEST_ID, 1.0), "dense-14b"))
+    store.save(_with_model(make_baseline(TEST_ID, 2.0), "moe-30b"))
+    assert store.load(HW, TEST_ID, "dense-14b").runs[0]["m0_ms"] == 1.0
+    assert store.load(HW, TEST_ID, "moe-30b").runs[0]["m0_ms"] == 2.0
+    assert store.load(HW, TEST_ID, "other") is None
+    assert len(list((tmp_path / HW).glob("*.json"))) == 2
+    assert store.test_ids(HW) == [TEST_ID] and store.stale(HW, [], "moe-30b") == [TEST_ID]
+    assert [b.fingerprint["model"] for b in store.baselines(HW)] == ["dense-14b", "moe-30b"]
+
+
+def test_a_baseline_named_before_the_model_was_in_the_name_is_read_and_renamed(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    legacy = store.path(HW, TEST_ID)  # the old name: test id only
+    legacy.parent.mkdir(parents=True)
+    old = _with_model(make_baseline(TEST_ID, 1.0), "dense-14b")
+    legacy.write_text(json.dumps(old.to_dict()))
+    assert store.load(HW, TEST_ID, "moe-30b") is None  # another model's file is not this model's baseline
+    store.save(_with_model(make_baseline(TEST_ID, 2.0), "moe-30b"))
+    assert legacy.exists()  # ... and is kept when that model is recorded
+    assert store.load(HW, TEST_ID, "dense-14b").runs[0]["m0_ms"] == 1.0
+    store.save(_with_model(make_baseline(TEST_ID, 3.0), "dense-14b"))  # its own model's next write renames it
+    assert not legacy.exists() and store.path(HW, TEST_ID, "dense-14b").exists()
+    assert store.load(HW, TEST_ID, "dense-14b").runs[0]["m0_ms"] == 3.0
