@@ -175,32 +175,48 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["created_unix_s"] = min(float(p["created_unix_s"]) for p in parts)
     for key in ("verdicts", "notes", "study_lines"):
         merged[key] = [item for p in parts for item in p.get(key) or []]
-    merged["tests"] = _tests_labelled_by_link(parts)
+    merged["tests"] = _tests_labelled(parts)
     merged["telemetry_traces"] = {k: v for p in parts for k, v in (p.get("telemetry_traces") or {}).items()}
     starts = [s for p in parts for s in (p.get("header") or {}).get("engine_starts") or []]
     merged["header"] = {**parts[0]["header"], "engine_starts": starts}
     return merged
 
 
-def _tests_labelled_by_link(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every part's tests; when the parts mix links (an NVLink and an emulated-PCIe session), each multi-GPU
-    engine's display label names its link (``tp2 (PCIe emulated)``, ``tp2 (nvlink)``) so tables and plots keep
-    both instead of one hiding the other."""
+def _tests_labelled(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every part's tests; where the parts differ in what a row's mode alone does not say, each display label
+    names it, so tables and plots keep every row instead of one hiding another: the link of a multi-GPU engine
+    (an NVLink and an emulated-PCIe session: ``tp2 (emulated PCIe)``), the model (a dense and a MoE session:
+    ``tp2 (qwen3-30b-a3b)``) and the machine (the same suite on two runners: ``single (1 x NVIDIA H200)``)."""
     from pytest_llmperf.report.study import link_of
 
-    rows = [(test, link_of(test, p.get("fingerprint") or {})) for p in parts for test in p.get("tests") or []]
-    links = {link for _, link in rows if link != "one GPU"}
-    if len(links) < 2:
-        return [test for test, _ in rows]
+    rows = [(test, link_of(test, p.get("fingerprint") or {}),
+             str((test.get("engine") or {}).get("model") or (p.get("header") or {}).get("model") or ""),
+             _machine_of(p)) for p in parts for test in p.get("tests") or []]
+    mixed_links = len({link for _, link, _, _ in rows if link != "one GPU"}) > 1
+    mixed_models = len({model for _, _, model, _ in rows}) > 1
+    mixed_machines = len({machine for _, _, _, machine in rows}) > 1
+    if not (mixed_links or mixed_models or mixed_machines):
+        return [test for test, _, _, _ in rows]
     from pytest_llmperf.report.terminal import mode_label
 
     out = []
-    for test, link in rows:
+    for test, link, model, machine in rows:
         engine = dict(test.get("engine") or {})
-        if link != "one GPU":
-            engine["label"] = f"{mode_label(engine)} ({link})"
+        said = [link if mixed_links and link != "one GPU" else "", model if mixed_models else "",
+                machine if mixed_machines else ""]
+        engine["label"] = f"{mode_label(engine)} ({', '.join(x for x in said if x)})" if any(said) else mode_label(engine)
         out.append({**test, "engine": engine})
     return out
+
+
+def _machine_of(part: dict[str, Any]) -> str:
+    """``2 x NVIDIA H200`` or the CPU model and cores, from a session's fingerprint (its header's topology else)."""
+    fp = part.get("fingerprint") or {}
+    if fp.get("gpu_count"):
+        return f"{fp['gpu_count']} x {fp.get('gpu_model') or 'GPU'}"
+    if fp.get("cpu_model"):
+        return f"{fp['cpu_model']}, {fp.get('cpu_cores') or '?'} cores"
+    return str((part.get("header") or {}).get("topology") or "")
 
 
 #: summary key -> (metric of an old ``llmperf run --json`` document, distribution field)

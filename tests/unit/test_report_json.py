@@ -116,3 +116,20 @@ def test_gzip_and_merge(tmp_path: Path) -> None:
     assert merged["created_unix_s"] == min(intel["created_unix_s"], amd["created_unix_s"])
     assert len(merged["header"]["engine_starts"]) == 4 and merged["notes"] == intel["notes"] + amd["notes"]
     assert merge_results([intel]) is intel
+    # two machines: each row names its machine, so the Intel and the AMD row of a test both show
+    labels = {t["engine"]["label"] for t in merged["tests"]}
+    assert {f"single ({intel['fingerprint']['cpu_model']}, 2 cores)",
+            f"single ({amd['fingerprint']['cpu_model']}, 2 cores)"} <= labels, labels
+
+
+def test_merging_two_models_names_each_rows_model() -> None:
+    """A dense and a MoE session merged: ``single`` of each would read as one mode twice without the model."""
+    from pytest_llmperf.report.json_io import merge_results
+
+    dense = json.loads(SAMPLE.with_name("cpu_intel_results.json").read_text())
+    moe = json.loads(json.dumps(dense))
+    for test in moe["tests"]:
+        test["engine"]["model"] = "qwen3-30b-a3b"
+    rows = merge_results([dense, moe])["tests"]
+    assert {t["engine"]["label"] for t in rows} >= {"single (tiny-llama)", "single (qwen3-30b-a3b)"}
+    assert all("Xeon" not in t["engine"]["label"] for t in rows)  # one machine: not named
