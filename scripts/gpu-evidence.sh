@@ -56,7 +56,7 @@ PY
 on_link() { case ",${LLMPERF_LINKS:-pcie,nvlink}," in *,"$1",*) return 0 ;; esac; return 1; }
 # the study phases record baselines; the gate-proof phases (rerun, regress) judge against them
 case "$PHASE" in rerun|regress) ;; *)
-  SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study, 2 x H200, K=5, $(date -u +%F)") ;; esac
+  SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study ($NAME), K=5, $(date -u +%F)") ;; esac
 case "$PHASE" in
   single)
     mkdir -p "$RES"

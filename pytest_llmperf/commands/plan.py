@@ -135,6 +135,12 @@ def main(args: argparse.Namespace) -> int:
 
     results = [load_results_file(path) for path in args.results]
     points = measured_points(results)
+    models = sorted({p.model for p in points if p.model})
+    if len(models) > 1:  # one model's points at a time: a MoE single run must not calibrate the dense model's TP
+        if args.model not in models:
+            raise UsageError(f"RESULTS hold runs of {len(models)} models ({', '.join(models)}); the planner models "
+                             f"one: give --model with one of them")
+        points = [p for p in points if p.model == args.model]
     compute = single_compute(points)
     arch = _arch(args.model, compute.model)
     dtype_bytes = DTYPE_BYTES.get(compute.dtype or "bfloat16", 2)

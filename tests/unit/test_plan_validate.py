@@ -126,3 +126,12 @@ def test_replicated_and_expert_parallel_engines_are_not_planner_points() -> None
     results = {"fingerprint": {"gpu_model": "NVIDIA H200"},
                "tests": [test(), test(dp=2), test(tp=2, expert_parallel=True)]}
     assert [p.mode for p in measured_points([results])] == ["single"]
+
+
+def test_cli_refuses_to_mix_models(capsys: pytest.CaptureFixture[str]) -> None:
+    """The MoE preset's single-GPU run beside the dense study: the planner models one model, named with --model."""
+    moe = ROOT / "docs" / "gpu-results" / "data" / "moe" / "results-moe-single-1xh200.json.gz"
+    with pytest.raises(UsageError, match=r"2 models \(deepseek-r1-distill-qwen-14b, qwen3-30b-a3b\).*give --model"):
+        _run(capsys, *map(str, DATA), str(moe), "--validate")
+    rc, out = _run(capsys, *map(str, DATA), str(moe), "--validate", "--model", "deepseek-r1-distill-qwen-14b")
+    assert rc == 0 and "validation PASS" in out
