@@ -1,10 +1,13 @@
-"""Architecture arithmetic for dense decoder models (Llama, Qwen2, Mistral families), from a ``config.json``.
+"""Architecture arithmetic for decoder models (Llama, Qwen2, Mistral families, and Qwen3-MoE / Mixtral-style
+mixtures of experts), from a ``config.json``.
 
-Used by the report's roofline line: at batch 1 every decode step reads every weight once, so
-``weight_bytes / memory_bandwidth`` is a floor on TPOT (the KV cache, a few hundred MB at these lengths, is
-left out and named as such). Pure functions; counts follow the Hugging Face modelling code: q/k/v/o
-projections (with the q/k/v biases of Qwen2), gated MLP (gate, up, down), two RMSNorms per layer, the final
-norm, the embedding and, unless tied, the LM head.
+Used by the report's roofline line: at batch 1 every decode step reads every weight it uses once, so
+``active_weight_bytes / memory_bandwidth`` is a floor on TPOT (the KV cache, a few hundred MB at these lengths,
+is left out and named as such). A dense model uses every weight; a mixture of experts uses, per layer, its
+attention, its router and ``num_experts_per_tok`` of its ``num_experts`` experts. Pure functions; counts follow
+the Hugging Face modelling code: q/k/v/o projections (with the q/k/v biases of Qwen2), gated MLP or gated
+experts of ``moe_intermediate_size`` (gate, up, down), two RMSNorms per layer, the final norm, the embedding
+and, unless tied, the LM head.
 """
 
 from __future__ import annotations
@@ -31,38 +34,61 @@ class ArchFacts:
     head_dim: int
     vocab: int
     params: int
+    #: parameters one token reads at batch 1 (a dense model: all of them)
+    active_params: int = 0
+    #: experts per MoE layer (1: dense)
+    experts: int = 1
 
     def weight_bytes(self, dtype: str = "bfloat16") -> int:
-        if dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPE_BYTES)}")
-        return self.params * DTYPE_BYTES[dtype]
+        return self.params * _dtype_bytes(dtype)
+
+    def active_weight_bytes(self, dtype: str = "bfloat16") -> int:
+        """The weights one decode step of one sequence reads: all of a dense model's, the routed experts' of a MoE."""
+        return (self.active_params or self.params) * _dtype_bytes(dtype)
 
     def kv_bytes_per_token(self, dtype: str = "bfloat16") -> int:
         """Keys and values of one token over all layers."""
         return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[dtype]
 
 
+def _dtype_bytes(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
 def arch_facts(config: Mapping[str, Any]) -> ArchFacts:
-    """Parameter count and shapes of a dense decoder from its ``config.json`` mapping."""
+    """Parameter counts and shapes of a decoder (dense or mixture of experts) from its ``config.json`` mapping."""
     try:
         h, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
         inter, heads, vocab = int(config["intermediate_size"]), int(config["num_attention_heads"]), int(config["vocab_size"])
     except KeyError as exc:
         raise ValueError(f"config.json lacks {exc.args[0]!r}: not a dense decoder config") from None
-    if "num_local_experts" in config or "num_experts" in config:
-        raise ValueError("mixture-of-experts configs are not dense: the weight-read floor needs the active experts")
     kv = int(config.get("num_key_value_heads", heads))
     head_dim = int(config.get("head_dim") or h // heads)
     bias = config.get("model_type") == "qwen2"  # Qwen2 has biases on q, k and v
     attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
     if bias:
         attn += heads * head_dim + 2 * kv * head_dim
-    mlp = 3 * h * inter
-    per_layer = attn + mlp + 2 * h
+    experts = int(config.get("num_experts") or config.get("num_local_experts") or 1)
+    if experts > 1:
+        try:
+            routed = int(config["num_experts_per_tok"])
+        except KeyError:
+            raise ValueError("config.json has experts but no 'num_experts_per_tok'") from None
+        expert = 3 * h * int(config.get("moe_intermediate_size") or inter)
+        if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step") or 1) != 1:
+            raise ValueError("MoE configs with dense layers in between (mlp_only_layers, decoder_sparse_step) are "
+                             "not counted here")
+        mlp, mlp_active = h * experts + experts * expert, h * experts + routed * expert  # router + experts
+    else:
+        mlp = mlp_active = 3 * h * inter
     embed = vocab * h
     head = 0 if config.get("tie_word_embeddings", False) else vocab * h
-    params = layers * per_layer + h + embed + head
-    return ArchFacts(layers, h, inter, heads, kv, head_dim, vocab, params)
+    rest = h + embed + head
+    params = layers * (attn + mlp + 2 * h) + rest
+    active = layers * (attn + mlp_active + 2 * h) + rest
+    return ArchFacts(layers, h, inter, heads, kv, head_dim, vocab, params, active, experts)
 
 
 def preset_arch(name: str) -> ArchFacts:

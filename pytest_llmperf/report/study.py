@@ -138,14 +138,18 @@ def roofline_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
         try:
             arch = preset_arch(str(engine.get("model")))
         except ValueError:
-            continue  # a real checkpoint or MoE: no preset arithmetic
+            continue  # a real checkpoint: no preset arithmetic
         if gbs is None or not tpot:
             continue
-        tp = int(engine.get("tp") or 1)
-        floor_ms = arch.weight_bytes(str(engine.get("dtype") or "bfloat16")) / (tp * gbs * 1e9) * 1e3
+        tp = int(engine.get("tp") or 1)  # an EP engine spreads the experts over its tp (or dp) GPUs
+        n = tp * (int(engine.get("dp") or 1) if engine.get("expert_parallel") else 1)
+        gb = arch.active_weight_bytes(str(engine.get("dtype") or "bfloat16")) / 1e9
+        floor_ms = gb / (n * gbs) * 1e3
         median = statistics.median(tpot)
+        read = f"{gb:.1f} GB" + (f", {arch.active_params / 1e9:.1f}B of {arch.params / 1e9:.1f}B parameters active"
+                                 if arch.experts > 1 else "")
         lines.append(f"roofline, {label} on {link}, concurrency {c}, {in_len}-token prompts: TPOT p50 {median:.2f} ms "
-                     f"vs weight-read floor {floor_ms:.2f} ms ({arch.weight_bytes() / 1e9:.1f} GB / {tp} x "
+                     f"vs weight-read floor {floor_ms:.2f} ms ({read} / {n} x "
                      f"{gbs / 1000:.1f} TB/s {fp.get('gpu_model')}): decode at {floor_ms / median:.0%} of peak "
                      f"memory bandwidth")
     return lines

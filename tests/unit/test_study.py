@@ -87,6 +87,20 @@ def test_parameter_counts_match_the_published_sizes():
     assert preset_arch("deepseek-r1-distill-qwen-14b").params == 14_770_033_664  # Qwen2.5-14B: 14.77B
     with pytest.raises(ValueError, match="lacks 'hidden_size'"):
         arch_facts({"num_hidden_layers": 2})
+    moe = preset_arch("qwen3-30b-a3b")  # Qwen's model card: 30.5B parameters, 3.3B activated
+    assert moe.params == 30_532_110_336 and moe.active_params == 3_353_020_416 and moe.experts == 128
+    dense = preset_arch("llama-3.1-8b")
+    assert dense.active_params == dense.params and dense.active_weight_bytes() == dense.weight_bytes()
+
+
+def test_a_moe_roofline_reads_the_routed_experts_only():
+    """Qwen3-30B-A3B at concurrency 1 on one H200 (the study's run: TPOT p50 4.11 ms): 6.7 GB of active weights
+    over 4.8 TB/s is a 1.40 ms floor, so decode ran at 34% of peak bandwidth; the 61 GB total would claim 300%."""
+    test = _test("single", 1, 1, 1, [4.11, 4.11], [211.0, 212.0])
+    test["engine"]["model"] = "qwen3-30b-a3b"
+    line, = roofline_lines([{"fingerprint": {"gpu_model": "NVIDIA H200", "interconnect": "none"}, "tests": [test]}])
+    assert "weight-read floor 1.40 ms (6.7 GB, 3.4B of 30.5B parameters active / 1 x 4.8 TB/s" in line
+    assert line.endswith("decode at 34% of peak memory bandwidth")
 
 
 def test_bandwidth_table_matches_names_as_nvml_writes_them():
