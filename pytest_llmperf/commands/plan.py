@@ -143,6 +143,9 @@ def main(args: argparse.Namespace) -> int:
         points = [p for p in points if p.model == args.model]
     compute = single_compute(points)
     arch = _arch(args.model, compute.model)
+    if arch.experts > 1:  # its expert traffic (all-to-all under EP) and routed compute are not in the model
+        raise UsageError(f"model {args.model or compute.model}: a mixture of experts ({arch.experts} experts); the "
+                         f"planner models dense models' TP and PP only: measure it (the moe study phase)")
     dtype_bytes = DTYPE_BYTES.get(compute.dtype or "bfloat16", 2)
     out = sys.stdout
     if args.validate:

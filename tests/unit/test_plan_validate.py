@@ -135,3 +135,5 @@ def test_cli_refuses_to_mix_models(capsys: pytest.CaptureFixture[str]) -> None:
         _run(capsys, *map(str, DATA), str(moe), "--validate")
     rc, out = _run(capsys, *map(str, DATA), str(moe), "--validate", "--model", "deepseek-r1-distill-qwen-14b")
     assert rc == 0 and "validation PASS" in out
+    with pytest.raises(UsageError, match=r"qwen3-30b-a3b: a mixture of experts \(128 experts\)"):
+        _run(capsys, str(moe), "--tp", "2", "--link", "pcie4-nop2p")
