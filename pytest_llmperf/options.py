@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_nonneg_int", "parse_positive_float",
-           "parse_fraction", "parse_mode_list", "parse_metric_list", "parse_rates_option", "OPTIONS", "FLAGS"]
+           "parse_fraction", "parse_mode_list", "choice", "parse_metric_list", "parse_rates_option", "OPTIONS", "FLAGS"]
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -97,7 +97,8 @@ def parse_rates_option(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def choice(*choices: str) -> Callable[[str], str]:
+    """An argparse ``type=`` accepting only ``choices`` (the message names them and what was given)."""
     def parse(text: str) -> str:
         if text not in choices:
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
@@ -108,7 +109,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 #: name (without prefix) -> (type, metavar, help). Defaults are None: resolved in config.py.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
-    "backend": (_choice("auto", "cpu", "gpu"), "auto|cpu|gpu",
+    "backend": (choice("auto", "cpu", "gpu"), "auto|cpu|gpu",
                 "engine backend; auto = gpu when NVML sees GPUs, else vLLM's CPU backend (default auto)"),
     "model": (str, "PRESET|PATH", "model preset (tiny-llama, llama-3.1-8b, deepseek-r1-distill-qwen-14b) or a "
               "real model path; default tiny-llama on cpu, deepseek-r1-distill-qwen-14b on gpu"),
@@ -129,9 +130,9 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "max-model-len": (parse_positive_int, "N", "engine max_model_len (default 2048 cpu, 8192 gpu)"),
     "startup-timeout": (parse_positive_float, "S", "engine startup timeout in seconds (default 600)"),
     "python": (str, "PATH", "Python interpreter that runs vLLM (default: the one running pytest)"),
-    "emulate-pcie": (_choice("auto", "on", "off"), "auto|on|off",
+    "emulate-pcie": (choice("auto", "on", "off"), "auto|on|off",
                      "PCIe emulation for the pcie suite on NVLink GPUs (default auto = on for NVLink)"),
-    "allreduce-fusion": (_choice("auto", "on", "off"), "auto|on|off",
+    "allreduce-fusion": (choice("auto", "on", "off"), "auto|on|off",
                          "TP on GPUs: vLLM's FlashInfer all-reduce + RMSNorm fusion; auto = off under PCIe emulation "
                          "or where NVLink multicast is disabled (NCCL_NVLS_ENABLE=0 ...), else vLLM's default"),
     "request-timeout": (parse_positive_float, "S", "seconds allowed per request, connection included (default 300)"),
@@ -147,10 +148,10 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "endpoint-hardware": (str, "LABEL", "with --llmperf-endpoint: the hardware behind it, e.g. 2xH100-nvlink or "
                           "cpu-xeon-8488c; part of the fingerprint, and with --llmperf-backend auto a GPU label "
                           "gives the GPU defaults (default $LLMPERF_ENDPOINT_HARDWARE, else 'unlabelled')"),
-    "api": (_choice("completions", "chat"), "completions|chat", "OpenAI route to drive (default completions)"),
+    "api": (choice("completions", "chat"), "completions|chat", "OpenAI route to drive (default completions)"),
     "dataset": (str, "SPEC", "prompts from a dataset instead of synthetic t<id> words: jsonl:PATH, sharegpt:PATH or "
                 "dist:IN,OUT (e.g. dist:sharegpt-in,sharegpt-out); see docs/endpoint.md (default: synthetic)"),
-    "server-metrics": (_choice("on", "off"), "on|off", "scrape vLLM's Prometheus /metrics around each run into "
+    "server-metrics": (choice("on", "off"), "on|off", "scrape vLLM's Prometheus /metrics around each run into "
                        "server_* summary keys; a server without it is noted, not failed (default on)"),
     "engine-args": (str, "'ARGS'", "extra vLLM server arguments for every engine, shell-quoted in one string, "
                     "e.g. '--max-num-seqs 8' (default none)"),

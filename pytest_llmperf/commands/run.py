@@ -29,6 +29,7 @@ from typing import Any
 
 from pytest_llmperf.commands.run_sweep import DIST_FIELDS, LATENCY_METRICS, Measured, Target, run_test_id
 from pytest_llmperf.errors import LoadAborted, UsageError
+from pytest_llmperf.options import choice as _choice
 from pytest_llmperf.options import parse_nonneg_int as _non_negative_int
 from pytest_llmperf.options import parse_positive_float as _positive_float
 from pytest_llmperf.options import parse_positive_int as _positive_int
@@ -79,14 +80,6 @@ def _target_fraction(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a fraction of requests in (0, 1], got {text!r}")
     return value
-
-
-def _choice(*choices: str) -> Any:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
-    return parse
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:

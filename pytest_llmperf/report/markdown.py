@@ -28,6 +28,7 @@ from pytest_llmperf.report.terminal import (
     NOT_MEASURABLE_NOTE,
     VERDICT_ORDER,
     cell,
+    emulation_text,
     engine_starts_line,
     grouped_rows,
     header_title,
@@ -42,7 +43,6 @@ from pytest_llmperf.report.terminal import (
 __all__ = ["ci_level", "markdown_table", "render_markdown"]
 
 _ICON = {"FAIL": ":x:", "INCONCLUSIVE": ":warning:", "PASS": ":white_check_mark:", "NO_CHECKS": ":grey_question:"}
-_EMULATION_TEXT = {"pcie": "PCIe emulated (`NCCL_P2P_DISABLE=1`, `NCCL_NVLS_ENABLE=0`, `VLLM_ALLREDUCE_USE_SYMM_MEM=0`, custom all-reduce and all-reduce fusion off; proven from each engine log)"}
 
 
 def _cell(value: Any) -> str:
@@ -154,15 +154,13 @@ def _seed_table(results: dict[str, Any]) -> str | None:
 
 def _header_lines(results: dict[str, Any]) -> list[str]:
     header, fp = results.get("header", {}), results.get("fingerprint", {})
-    emulation = header.get("emulation")
-    emulation_text = (header.get("emulation_note") or _EMULATION_TEXT.get(emulation, emulation)) if emulation \
-        else "none"
+    emulation = emulation_text(header, "markdown") or "none"
     if header.get("endpoint"):
         lines = [f"- **Measured:** {header_title(header)}; its hardware is not known to this report",
                  f"- **Engine:** {header.get('engine_version') or 'unknown'}"]
     else:
         lines = [f"- **Hardware:** {header.get('topology') or 'unknown'}",
-                 f"- **Interconnect emulation:** {emulation_text}",
+                 f"- **Interconnect emulation:** {emulation}",
                  f"- **Engine:** {header.get('engine_version') or 'unknown'} (backend {header.get('backend') or '?'})"]
     starts = engine_starts_line(results)
     if starts:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.report.terminal import (
+    emulation_text,
     group_name,
     header_title,
     input_label,
@@ -42,7 +43,6 @@ METRIC_PLOTS = {
 MAX_POWER_PANELS = 6
 _MODE_STYLE = {"single": ("tab:blue", "o"), "tp": ("tab:red", "s"), "pp": ("tab:green", "^"),
                "dp": ("tab:purple", "D"), "ep": ("tab:orange", "v")}
-_EMULATION_TEXT = {"pcie": "PCIe emulated (every peer path off, proven from the engine log)"}
 
 
 def plots_available() -> bool:
@@ -68,9 +68,7 @@ def _subtitle(results: dict[str, Any]) -> str:
     header = results.get("header", {})
     version = header.get("engine_version") or ""
     parts = [header_title(header), "" if version == "unknown" else version]
-    emulation = header.get("emulation")
-    if emulation:
-        parts.append(header.get("emulation_note") or _EMULATION_TEXT.get(emulation, f"emulation: {emulation}"))
+    parts.append(emulation_text(header, "plot") or "")
     return " | ".join(p for p in parts if p)
 
 

@@ -80,7 +80,22 @@ NOT_MEASURABLE = "n/m"
 NOT_MEASURABLE_NOTE = ("n/m: not measurable: the streams arrived in one burst (a TPOT/ITL of 0 ms says how the "
                        "server flushed its output, not how fast it generated); such a cell never wins")
 _GPU_KEY = re.compile(r"^gpu(\d+)_(power_mean_w|power_cv|idle_share)$")
-_EMULATION_TEXT = {"pcie": "PCIe emulated: NCCL P2P/NVLS, custom and symmetric-memory all-reduce and the all-reduce fusion off"}
+#: what PCIe emulation turned off, for results written before the header carried its own ``emulation_note``, in
+#: each report's register: a plot's caption, the terminal's header line, the Markdown summary (the settings by name)
+_EMULATION_TEXTS = {
+    "plot": "PCIe emulated (every peer path off, proven from the engine log)",
+    "terminal": "PCIe emulated: NCCL P2P/NVLS, custom and symmetric-memory all-reduce and the all-reduce fusion off",
+    "markdown": "PCIe emulated (`NCCL_P2P_DISABLE=1`, `NCCL_NVLS_ENABLE=0`, `VLLM_ALLREDUCE_USE_SYMM_MEM=0`, custom "
+                "all-reduce and all-reduce fusion off; proven from each engine log)",
+}
+
+
+def emulation_text(header: dict[str, Any], style: str = "terminal") -> str | None:
+    """The session's emulation sentence (its own note, else the text for its emulation kind); None without one."""
+    emulation = header.get("emulation")
+    if not emulation:
+        return None
+    return header.get("emulation_note") or (_EMULATION_TEXTS[style] if emulation == "pcie" else f"emulation {emulation}")
 
 
 def group_name(test_id: str) -> str:
@@ -275,9 +290,9 @@ def render_header(header: dict[str, Any]) -> str:
         parts.append(f"engine {header['engine_version']}")
     if not header.get("endpoint"):
         parts.append(f"backend {header.get('backend') or '?'}")
-    emulation = header.get("emulation")
+    emulation = emulation_text(header)
     if emulation:
-        parts.append(header.get("emulation_note") or _EMULATION_TEXT.get(emulation, f"emulation {emulation}"))
+        parts.append(emulation)
     return " | ".join(parts)
 
 
