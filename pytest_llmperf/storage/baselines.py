@@ -257,7 +257,7 @@ class BaselineStore:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._ignore_lock_files()
-            return open(folder / _LOCK_NAME, "a+b")  # noqa: SIM115 - the caller closes it
+            return open(folder / _LOCK_NAME, "a+b")  # the caller closes it
         except OSError as exc:
             raise BaselineError(f"baseline folder {folder} is not writable ({exc.strerror or exc}); "
                                 f"check its permissions or choose another with --llmperf-baseline-dir") from exc
