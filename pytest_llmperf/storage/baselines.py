@@ -46,12 +46,20 @@ def safe_file_name(test_id: str, model: str | None = None) -> str:
     model are stored inside the file, and the hash keeps ids that slug alike apart. Without a model: the name
     baselines had before the model was part of it.
     """
-    readable = re.sub(r"[^A-Za-z0-9._-]", "-", test_id).strip("-.")[:120] or "test"
+    readable = _file_slug(test_id, 120) or "test"
     if model is None:
         return f"{readable}-{hashlib.sha1(test_id.encode('utf-8')).hexdigest()[:8]}.json"
-    model_slug = re.sub(r"[^A-Za-z0-9._-]", "-", model).strip("-.")[:60] or "model"
     digest = hashlib.sha1(f"{test_id}\n{model}".encode()).hexdigest()[:8]
-    return f"{readable}--{model_slug}-{digest}.json"
+    return f"{readable}--{_file_slug(model, 60) or 'model'}-{digest}.json"
+
+
+def _file_slug(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).strip("-.")[:limit]
+
+
+def _of_model(baseline: Baseline, model: str | None) -> bool:
+    """Whether ``baseline`` counts as ``model``'s: its fingerprint names that model, or none (any model given None)."""
+    return model is None or baseline.fingerprint.get("model") in (None, model)
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,7 @@ class BaselineStore:
             baseline = self._read(path)
             if baseline.test_id != test_id:
                 raise BaselineError(f"{path}: field 'test_id' is {baseline.test_id!r}, expected {test_id!r}")
-            if baseline.fingerprint.get("model") in (None, model):
+            if _of_model(baseline, model):
                 return baseline
         return None
 
@@ -318,7 +326,7 @@ class BaselineStore:
             if legacy != path and legacy.exists():  # this model's old-named file, which load read, is superseded
                 with contextlib.suppress(BaselineError, OSError):
                     old = self._read(legacy)
-                    if old.test_id == baseline.test_id and old.fingerprint.get("model") in (None, model):
+                    if old.test_id == baseline.test_id and _of_model(old, model):
                         legacy.unlink()
         return path
 
@@ -338,8 +346,7 @@ class BaselineStore:
 
     def test_ids(self, hardware_id: str, model: str | None = None) -> list[str]:
         """Test ids with a baseline on this hardware (read from inside the files; of ``model`` only, if given)."""
-        return sorted({b.test_id for b in self.baselines(hardware_id)
-                       if model is None or b.fingerprint.get("model") in (None, model)})
+        return sorted({b.test_id for b in self.baselines(hardware_id) if _of_model(b, model)})
 
     def stale(self, hardware_id: str, current_test_ids: Mapping[str, Any] | list[str] | set[str],
               model: str | None = None) -> list[str]:
