@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.errors import UsageError
 from pytest_llmperf.gate.update import UpdateReport, current_commit, current_user, update_baselines
 from pytest_llmperf.storage.baselines import BaselineStore
 
@@ -45,19 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
-
     from pytest_llmperf.commands.compare import settings_from_args
     from pytest_llmperf.gate.compare import verdict_table
-    from pytest_llmperf.report.json_io import read_text
+    from pytest_llmperf.report.json_io import load_results_any
 
-    path = Path(args.results)
-    try:
-        results = json.loads(read_text(path))  # .json or .json.gz (the study's recorded sessions)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read results: {exc}") from exc
-    if not isinstance(results, dict):
-        raise UsageError(f"{path}: not a results file (top level must be an object)")
+    # The same reader as compare and report: .json or .json.gz, pytest's results or any llmperf run --json
+    # document, validated, with errors that name the file.
+    results = load_results_any(args.results)
     fp = results.get("fingerprint") if isinstance(results.get("fingerprint"), dict) else None
     settings = settings_from_args(args, fp)
     overrides = {k: v for k, v in (("tolerance", args.tolerance), ("family_alpha", args.alpha),

@@ -11,7 +11,6 @@ and ``--metric`` override them. Exit status: 0 all pass, 1 any FAIL, 2 inconclus
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.gate.compare import checks_for_test, verdict_table
 from pytest_llmperf.gate.settings import GateSettings, config_for_backend
-from pytest_llmperf.report.json_io import read_text
+from pytest_llmperf.report.json_io import read_json, results_from_document
 from pytest_llmperf.stats.decision import decide_all
 from pytest_llmperf.storage.baselines import Baseline
 
@@ -31,31 +30,21 @@ __all__ = ["add_parser", "main", "load_baselines", "load_runs", "compare_runs", 
 
 
 def load_baselines(path: str | Path) -> tuple[dict[str, Baseline], dict[str, Any] | None]:
-    """``({test_id: Baseline}, fingerprint or None)`` from a results file (one session) or a baseline file."""
+    """``({test_id: Baseline}, fingerprint or None)`` from a baseline file or, through the reader ``report`` and
+    ``baseline update`` use (validated; older ``llmperf run --json`` documents converted), a results file."""
     p = Path(path)
-    try:
-        data = json.loads(read_text(p))  # .json or .json.gz
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{p}: cannot read: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    if isinstance(data, dict) and isinstance(data.get("tests"), list):
-        fp = data.get("fingerprint") if isinstance(data.get("fingerprint"), dict) else {}
-        out: dict[str, Baseline] = {}
-        for i, test in enumerate(data["tests"]):
-            if not isinstance(test, dict) or not isinstance(test.get("test_id"), str):
-                raise UsageError(f"{p}: field 'tests[{i}].test_id' is missing or not a string")
-            runs = test.get("runs") or []
-            if not all(isinstance(r, dict) and isinstance(r.get("summary"), dict) for r in runs):
-                raise UsageError(f"{p}: field 'tests[{i}].runs[].summary' must be an object in every run")
-            summaries = [dict(r["summary"]) for r in runs]
-            out[test["test_id"]] = Baseline(test_id=test["test_id"], fingerprint=dict(fp or {}), runs=summaries,
-                                            run_sessions=[p.name] * len(summaries))
-        return out, data.get("fingerprint")
-    if isinstance(data, dict) and "runs" in data and "test_id" in data:
+    data = read_json(p)
+    if isinstance(data, dict) and "runs" in data and "test_id" in data and "tests" not in data:
         b = Baseline.from_dict(data, source=str(p))
         return {b.test_id: b}, b.fingerprint
-    raise UsageError(f"{p}: neither a results file (field 'tests') nor a baseline file (fields 'test_id', 'runs')")
+    results = results_from_document(data, p)
+    fp = results["fingerprint"] if isinstance(results.get("fingerprint"), dict) else {}
+    out: dict[str, Baseline] = {}
+    for test in results["tests"]:
+        summaries = [dict(r["summary"]) for r in test["runs"]]
+        out[test["test_id"]] = Baseline(test_id=test["test_id"], fingerprint=dict(fp), runs=summaries,
+                                        run_sessions=[p.name] * len(summaries))
+    return out, results.get("fingerprint")
 
 
 def load_runs(path: str | Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any] | None]:

@@ -130,10 +130,11 @@ def _overhead(args: argparse.Namespace, arch: Any, compute: Any, points: list[An
 def main(args: argparse.Namespace) -> int:
     from pytest_llmperf.errors import UsageError
     from pytest_llmperf.models.arch import DTYPE_BYTES
-    from pytest_llmperf.plan.data import load_results_file, measured_points
+    from pytest_llmperf.plan.data import measured_points
+    from pytest_llmperf.report.json_io import load_results_any
     from pytest_llmperf.plan.predict import predict, single_compute
 
-    results = [load_results_file(path) for path in args.results]
+    results = [load_results_any(path) for path in args.results]
     points = measured_points(results)
     models = sorted({p.model for p in points if p.model})
     if len(models) > 1:  # one model's points at a time: a MoE single run must not calibrate the dense model's TP

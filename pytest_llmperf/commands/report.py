@@ -48,13 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    from pytest_llmperf.report.json_io import merge_results, read_results
+    from pytest_llmperf.report.json_io import load_results_any, merge_results
     from pytest_llmperf.report.summary import write_reports
     from pytest_llmperf.report.terminal import overall_verdict, render_terminal
 
     if args.asv and not args.commit:
         raise UsageError("--asv needs --commit SHA (the git commit the results were measured at)")
-    parts = [read_results(path) for path in args.results]
+    parts = [load_results_any(path) for path in args.results]
     results = merge_results(parts)
     lines = _study_lines(parts)
     results["study_lines"] = list(dict.fromkeys([*(results.get("study_lines") or []), *lines]))

@@ -7,18 +7,15 @@ files under docs/gpu-results/data). Each test's runs are reduced to the median o
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.errors import UsageError
 from pytest_llmperf.plan.model import mode_label
 from pytest_llmperf.report.study import link_of, run_values
 
-__all__ = ["Measured", "load_results_file", "measured_points", "median_metric", "run_values"]
+__all__ = ["Measured", "measured_points", "median_metric", "run_values"]
 
 
 @dataclass(frozen=True)
@@ -39,20 +36,6 @@ class Measured:
     model: str | None
     dtype: str | None
     gpu_model: str | None
-
-
-def load_results_file(path: str | Path) -> dict[str, Any]:
-    """A session results file (``.json`` or ``.json.gz``), validated; a :class:`UsageError` naming the file."""
-    from pytest_llmperf.report.json_io import read_text, validate_results
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"results file {p} does not exist")
-    try:
-        data = json.loads(read_text(p))
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{p}: not a readable results file ({exc})") from exc
-    return validate_results(data, p)
 
 
 def median_metric(test: Mapping[str, Any], metric: str) -> float | None:

@@ -1,8 +1,9 @@
 """Read and write the session results JSON (the stable schema ``llmperf report`` consumes).
 
 The file is written once per session by the session layer (and by ``llmperf run --json``) and read back by
-``llmperf report``, ``compare`` and ``baseline update``; :func:`load_results_any` also converts the older
-``llmperf run --json`` documents (``endpoint``/``metrics``/``requests`` without ``schema_version``). Writes are
+``llmperf report``, ``compare`` and ``baseline update``, all through :func:`results_from_document`, which also
+converts the older ``llmperf run --json`` documents (``endpoint``/``metrics``/``requests`` without
+``schema_version``) and names a baseline file given in place of results. Writes are
 atomic (a temporary file in the same folder, fsync, ``os.replace``), so a killed job never leaves half a
 file. Reads check ``schema_version`` and every required key and raise errors that name the file and key.
 The schema is documented in ``docs/reports.md``.
@@ -27,8 +28,10 @@ __all__ = [
     "REQUIRED_VERDICT_KEYS",
     "load_results_any",
     "merge_results",
+    "read_json",
     "read_results",
     "read_text",
+    "results_from_document",
     "results_from_run_report",
     "validate_results",
     "write_results",
@@ -94,6 +97,15 @@ def write_results(path: str | os.PathLike[str], results: dict[str, Any]) -> Path
     return target
 
 
+def _require_numbers(obj: Any, where: str, path: Path) -> None:
+    """A run's summary: metric -> number, or null where the metric had no value (NaN is written as null)."""
+    if not isinstance(obj, dict):
+        raise BaselineError(f"{path}: {where} must be an object, found {type(obj).__name__}")
+    for key, value in obj.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise BaselineError(f"{path}: {where}.{key} must be a number or null, found {value!r}")
+
+
 def _require(obj: Any, keys: tuple[str, ...], where: str, path: Path) -> None:
     if not isinstance(obj, dict):
         raise BaselineError(f"{path}: {where} must be an object, found {type(obj).__name__}")
@@ -125,6 +137,7 @@ def validate_results(results: Any, path: str | os.PathLike[str] = "<results>") -
         for j, run in enumerate(test["runs"]):
             _require(run, REQUIRED_RUN_KEYS, f"tests[{i}].runs[{j}]", p)
             _require(run["window"], ("start_unix_s", "end_unix_s"), f"tests[{i}].runs[{j}].window", p)
+            _require_numbers(run["summary"], f"tests[{i}].runs[{j}].summary", p)
     if not isinstance(results["verdicts"], list):
         raise BaselineError(f"{p}: key 'verdicts' must be a list")
     for i, verdict in enumerate(results["verdicts"]):
@@ -139,21 +152,13 @@ def validate_results(results: Any, path: str | os.PathLike[str] = "<results>") -
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load and validate a session results file.
+    """Load and validate a session results file (schema version 1 exactly; :func:`load_results_any` also takes
+    the older ``llmperf run --json`` documents).
 
-    Raises :class:`UsageError` when the file does not exist (a wrong argument) and :class:`BaselineError`
-    when it is unreadable, not JSON, of another schema version or lacks a required key.
+    Raises :class:`UsageError` when the file is missing, unreadable or not JSON, and :class:`BaselineError` when
+    it is of another schema version or lacks a required key.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"results file {p} does not exist (write one with pytest --llmperf-results {p})")
-    try:
-        data = json.loads(read_text(p))
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise BaselineError(f"cannot read results file {p}: {exc}") from exc
-    return validate_results(data, p)
+    return validate_results(read_json(path), path)
 
 
 def read_text(path: Path) -> str:
@@ -262,27 +267,41 @@ def results_from_run_report(doc: dict[str, Any], path: str | os.PathLike[str] = 
     }
 
 
-def load_results_any(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A validated results dict from a session results file or any ``llmperf run --json`` document.
-
-    Raises :class:`UsageError` naming the file for a missing file, invalid JSON or another kind of document
-    (e.g. a baseline file, which the callers read themselves).
-    """
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The parsed JSON of ``path`` (.json or .json.gz); :class:`UsageError` naming the file when it is missing,
+    unreadable or not JSON."""
     p = Path(path)
     try:
-        data = json.loads(read_text(p))
+        return json.loads(read_text(p))
     except FileNotFoundError:
         raise UsageError(f"{p} does not exist") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise UsageError(f"{p}: cannot read: {exc}") from None
-    if isinstance(data, dict) and "schema_version" in data:
-        try:
+
+
+def results_from_document(data: Any, path: str | os.PathLike[str] = "<results>") -> dict[str, Any]:
+    """A validated results dict from a parsed session results file or any ``llmperf run --json`` document.
+
+    Raises :class:`UsageError` naming ``path`` for another kind of document (a baseline file is named as one:
+    :mod:`pytest_llmperf.commands.compare` reads those itself) or a schema error.
+    """
+    p = Path(path)
+    if isinstance(data, dict) and {"fingerprint", "runs", "provenance"} <= set(data) and "tests" not in data:
+        raise UsageError(f"{p} is a baseline file, not a results file: give the results a session wrote "
+                         f"(pytest --llmperf-results, llmperf run --json)")
+    try:
+        if isinstance(data, dict) and "schema_version" in data:
             return validate_results(data, p)
-        except BaselineError as exc:
-            raise UsageError(str(exc)) from None
-    if isinstance(data, dict) and {"metrics", "workload", "model"} <= set(data):
-        return validate_results(results_from_run_report(data, p), p)
+        if isinstance(data, dict) and {"metrics", "workload", "model"} <= set(data):
+            return validate_results(results_from_run_report(data, p), p)
+    except BaselineError as exc:
+        raise UsageError(str(exc)) from None
     raise UsageError(f"{p}: neither a results file (pytest --llmperf-results, llmperf run --json) nor an "
                      f"llmperf run --json document")
+
+
+def load_results_any(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`results_from_document` of the file at ``path``."""
+    return results_from_document(read_json(path), path)

@@ -62,6 +62,27 @@ def test_baseline_update_accepts_run_json(two_files: tuple[Path, Path], tmp_path
     assert len(json.loads(written.read_text())["runs"]) == 3
 
 
+def test_baseline_update_reads_like_compare_and_names_a_bad_file(two_files: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``baseline update`` reads through the same validated reader as ``compare`` and ``report``: a file of another
+    kind or with a corrupt run is refused with its name and nothing is written."""
+    a, _ = two_files
+    store = tmp_path / "baselines"
+    assert cli.main(["baseline", "update", str(a), "--baseline-dir", str(store)]) == 0
+    (baseline,) = list(store.glob("*/*.json"))
+    before = baseline.read_bytes()
+    bad = json.loads(a.read_text())
+    bad["tests"][0]["runs"][0]["summary"]["ttft_p95_ms"] = "fast"
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(json.dumps(bad))
+    for path, why in ((baseline, "is a baseline file"), (corrupt, "ttft_p95_ms"),
+                      (tmp_path / "missing.json", "does not exist")):
+        assert cli.main(["baseline", "update", str(path), "--baseline-dir", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and why in err, err
+    assert baseline.read_bytes() == before and len(list(store.glob("*/*.json"))) == 1
+
+
 def test_report_accepts_run_json(two_files: tuple[Path, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     a, _ = two_files
@@ -70,7 +91,8 @@ def test_report_accepts_run_json(two_files: tuple[Path, Path], tmp_path: Path,
     assert out.startswith("llmperf: external endpoint http://127.0.0.1:") and "CPU backend" not in out
 
 
-def test_old_run_json_is_converted(two_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_old_run_json_is_converted(two_files: tuple[Path, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     a, _ = two_files
     raw = json.loads(a.read_text())
     old = {k: raw[k] for k in ("endpoint", "model", "workload", "window", "metrics", "requests")}
@@ -80,6 +102,8 @@ def test_old_run_json_is_converted(two_files: tuple[Path, Path], tmp_path: Path)
     (run,) = results["tests"][0]["runs"]
     assert run["summary"]["ttft_p95_ms"] == old["metrics"]["ttft_ms"]["p95"]
     assert results["tests"][0]["test_id"] == raw["tests"][0]["test_id"]  # compares with the new format
+    assert cli.main(["compare", str(path), str(a)]) in (0, 1, 2)  # read (one run: judged INCONCLUSIVE at most)
+    assert "error" not in capsys.readouterr().err
     path.write_text(json.dumps({"runs": []}))
     with pytest.raises(UsageError, match="old.json: neither a results file"):
         load_results_any(path)

@@ -10,7 +10,8 @@ import pytest
 from pytest_llmperf.commands import plan as plan_cmd
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.models.arch import preset_arch
-from pytest_llmperf.plan.data import load_results_file, measured_points
+from pytest_llmperf.plan.data import measured_points
+from pytest_llmperf.report.json_io import load_results_any
 from pytest_llmperf.plan.predict import DEFAULT_OVERHEAD
 from pytest_llmperf.plan.validate import Validation, markdown_table, validate
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(len(DATA) < 4, reason="the study's results files
 
 @pytest.fixture(scope="module")
 def validation() -> Validation:
-    points = measured_points([load_results_file(p) for p in DATA])
+    points = measured_points([load_results_any(p) for p in DATA])
     return validate(preset_arch("deepseek-r1-distill-qwen-14b"), points)
 
 
@@ -87,13 +88,13 @@ def test_cli_names_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path)
         _run(capsys, single, "--tp", "2", "--model", "nope")
     bad = tmp_path / "x.json.gz"
     bad.write_bytes(b"not gzip")
-    with pytest.raises(UsageError, match="not a readable results file"):
+    with pytest.raises(UsageError, match="x.json.gz: cannot read: Not a gzipped file"):
         _run(capsys, str(bad), "--tp", "2")
 
 
 def test_cli_calibration_reproduces_the_run_it_came_from(capsys: pytest.CaptureFixture[str]) -> None:
     """Calibrated on the NVLink TP=2 runs, a TP=2 prediction on the NVLink preset gives back their medians."""
-    points = measured_points([load_results_file(p) for p in DATA])
+    points = measured_points([load_results_any(p) for p in DATA])
     measured = {p.concurrency: p.tpot_ms for p in points if p.link == "NVLink" and p.mode == "tp2"}
     rc, out = _run(capsys, *map(str, DATA), "--tp", "2", "--link", "nvlink4", "--calibrate", "nvlink4",
                    "--calibrate-link", "NVLink")

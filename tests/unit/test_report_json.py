@@ -47,7 +47,7 @@ def test_missing_file_is_usage_error(tmp_path: Path) -> None:
 def test_not_json(tmp_path: Path) -> None:
     p = tmp_path / "r.json"
     p.write_text('{"schema_version": 1,')
-    with pytest.raises(BaselineError, match=r"r\.json: not valid JSON \(line 1"):
+    with pytest.raises(UsageError, match=r"r\.json: not valid JSON \(line 1"):
         read_results(p)
 
 

@@ -173,8 +173,13 @@ def test_fingerprint_names_data_and_expert_parallelism_and_reads_old_baselines()
 
 def results(values: list[float], test_id: str = TEST_ID) -> dict:
     fp = json.loads((GOLDEN / "valid_baseline.json").read_text())["fingerprint"]
-    runs = [{"run_index": i, "summary": {"ttft_p95_ms": v, "failed": 0.0}} for i, v in enumerate(values)]
-    return {"schema_version": 1, "fingerprint": fp, "tests": [{"test_id": test_id, "runs": runs}], "verdicts": []}
+    runs = [{"run_index": i, "window": {"start_unix_s": 10.0 * i, "end_unix_s": 10.0 * i + 5},
+             "summary": {"ttft_p95_ms": v, "failed": 0.0}} for i, v in enumerate(values)]
+    test = {"test_id": test_id, "runs": runs, "engine": {"mode": "single", "tp": 1, "pp": 1, "backend": "cpu"},
+            "workload": {"concurrency": 1, "num_requests": 8, "input_len": 32, "output_len": 16}}
+    header = {"topology": "cpu", "engine_version": fp["engine_version"], "emulation": None, "backend": "cpu"}
+    return {"schema_version": 1, "created_unix_s": 0.0, "header": header, "fingerprint": fp, "tests": [test],
+            "verdicts": []}
 
 
 #: the gate of these tests: one metric, 5% tolerance, no session-noise prior (the golden file is one session)
@@ -211,7 +216,7 @@ def test_compare_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert cli_main(["compare", str(GOLDEN / "valid_baseline.json"), str(b), "--metric", "ttft_p95_ms",
                      "--tolerance", "0.05", "--session-cv", "0"]) == 1
     assert cli_main(["compare", str(a), str(tmp_path / "missing.json")]) == 2
-    assert "missing.json: cannot read" in capsys.readouterr().err
+    assert "missing.json does not exist" in capsys.readouterr().err
 
 
 def test_baseline_update_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
