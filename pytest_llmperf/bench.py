@@ -247,7 +247,7 @@ class Bench:
         import time
 
         from pytest_llmperf.errors import LoadAborted, UsageError
-        from pytest_llmperf.load.saturation import endpoint_measure, find_max_load
+        from pytest_llmperf.load.saturation import endpoint_measure, find_max_load, point_text, search_text
         from pytest_llmperf.records import LoadWindow
 
         ctx, goodput = self.context, self.settings.slo.goodput()
@@ -284,13 +284,10 @@ class Bench:
                 self.server.check_alive()
                 pytest.fail(f"{self.test_id}: saturation search: {exc}", pytrace=False)
             self.result.runs.append(RunResult(k, LoadWindow(t0, time.time()), result.summary(), result.to_dict()))
-            for p in result.points:
-                ctx.progress(f"{self.test_id}: search {k + 1}: {variable} {p.load:g}: {p.good}/{p.total} within "
-                             f"the SLO ({p.attainment:.0%}{'' if p.confident else ', not confident'})")
-            ctx.note(f"{self.test_id}: saturation search {k + 1}: {result.reason}" + (
-                f"; attainment {result.attainment_at_max:.0%}, {result.confidence:.0%} CI "
-                f"[{result.attainment_ci_at_max[0]:.2f}, {result.attainment_ci_at_max[1]:.2f}]"
-                if result.attainment_at_max is not None and result.attainment_ci_at_max else ""))
+            search = result.to_dict()
+            for p in search["points"]:
+                ctx.progress(f"{self.test_id}: search {k + 1}: {point_text(p, variable)}")
+            ctx.note(f"{self.test_id}: saturation search {k + 1}: {search_text(search)}")
             if result.max_load is None:
                 pytest.fail(f"{self.test_id}: saturation search: {result.reason}", pytrace=False)
             found.append(result)

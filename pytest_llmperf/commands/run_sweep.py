@@ -207,12 +207,8 @@ def search_max_rate(target: Target, workload: Any, *, start: float, limit: float
 
 
 def search_lines(result: Any) -> list[str]:
-    """Each measured point of a search (load, good/total, attainment, confident) and the answer."""
-    lines = [f"  rate {p.load:g} req/s: {p.good}/{p.total} within the SLO ({p.attainment:.0%}"
-             f"{'' if p.confident else ', not confident'})" for p in result.points]
-    answer = f"  max rate at SLO: {_fmt(result.max_load, 'g') if result.max_load is not None else 'none'} req/s"
-    if result.attainment_at_max is not None and result.attainment_ci_at_max:
-        low, high = result.attainment_ci_at_max
-        answer += (f" (attainment {result.attainment_at_max:.0%}, {result.confidence:.0%} CI "
-                   f"[{low:.2f}, {high:.2f}]{'' if result.confident else ', not confident'})")
-    return [*lines, f"{answer}; {result.reason}"]
+    """Each measured point of a search and its answer, worded as in the pytest progress and the reports."""
+    from pytest_llmperf.load.saturation import point_text, search_text
+
+    search = result.to_dict()
+    return [*(f"  {point_text(p, result.variable)}" for p in search["points"]), f"  {search_text(search)}"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.records import RequestRecord
 
 __all__ = ["LoadPoint", "SaturationResult", "find_max_load", "wilson_interval", "count_good", "slo_attainment",
-           "endpoint_measure"]
+           "endpoint_measure", "load_text", "point_text", "search_text", "value_text"]
 
 
 def wilson_interval(good: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -127,6 +127,41 @@ class SaturationResult:
                 "confident": self.confident, "reason": self.reason,
                 "points": [{"load": p.load, "good": p.good, "total": p.total, "attainment": p.attainment,
                             "confident": p.confident, **dict(p.extra)} for p in self.points]}
+
+
+def value_text(value: Any, variable: str) -> str:
+    """``6 req/s`` (a request rate) or ``6`` (a concurrency)."""
+    return f"{float(value):g}" + (" req/s" if variable == "request_rate" else "")
+
+
+def load_text(value: Any, variable: str) -> str:
+    """``request rate 6 req/s`` or ``concurrency 6``."""
+    return f"{variable.replace('_', ' ')} {value_text(value, variable)}"
+
+
+def point_text(point: Mapping[str, Any], variable: str) -> str:
+    """One measured point of a search (a ``SaturationResult.to_dict()`` point): the one wording of the live
+    progress of ``llmperf run --find-max-rate`` and ``Bench.saturation``."""
+    return (f"{load_text(point['load'], variable)}: {point['good']}/{point['total']} within the SLO "
+            f"({float(point['attainment']):.0%}{'' if point.get('confident', True) else ', not confident'})")
+
+
+def search_text(search: Mapping[str, Any]) -> str:
+    """A search's answer (a ``SaturationResult.to_dict()``, live or read back from a results file): the max load
+    at the SLO, the attainment there with its interval, confident or not, and the first load that missed. The
+    one wording of the CLI, the pytest notes and the reports."""
+    variable = str(search.get("variable") or "request_rate")
+    if search.get("max_load") is None:
+        return str(search.get("reason") or "no load met the target")
+    ci = search.get("attainment_ci_at_max")
+    level = f"{float(search['confidence']):.0%} " if search.get("confidence") is not None else ""
+    attain = "" if search.get("attainment_at_max") is None else (
+        f", attainment {float(search['attainment_at_max']):.3f}"
+        + (f" ({level}CI {float(ci[0]):.3f}-{float(ci[1]):.3f})" if ci else ""))
+    miss = ("none up to the search limit (not saturated)" if search.get("first_miss") is None
+            else value_text(search["first_miss"], variable))
+    return (f"max {load_text(search['max_load'], variable)} at SLO{attain}, "
+            f"{'confident' if search.get('confident') else 'not confident'}; first miss {miss}")
 
 
 MeasureFn = Callable[[float], LoadPoint]

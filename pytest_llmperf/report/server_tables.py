@@ -21,6 +21,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from pytest_llmperf.load.saturation import search_text, value_text
+
 __all__ = [
     "SERVER_COLUMNS",
     "SERVER_TITLE",
@@ -121,28 +123,6 @@ def saturation_tests(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _load(value: Any, variable: str) -> str:
-    """``6 req/s`` (a request rate) or ``6`` (a concurrency)."""
-    return f"{float(value):g}" + (" req/s" if variable == "request_rate" else "")
-
-
-def _noun(variable: str) -> str:
-    return variable.replace("_", " ")
-
-
-def _search_line(k: int, s: dict[str, Any], variable: str) -> str:
-    if s.get("max_load") is None:
-        return f"search {k}: {s.get('reason') or 'no load met the target'}"
-    ci = s.get("attainment_ci_at_max")
-    level = f"{float(s['confidence']):.0%} " if s.get("confidence") is not None else ""
-    attain = "" if s.get("attainment_at_max") is None else f", attainment {float(s['attainment_at_max']):.3f}" + (
-        f" ({level}CI {float(ci[0]):.3f}-{float(ci[1]):.3f})" if ci else "")
-    miss = ("none up to the search limit (not saturated)" if s.get("first_miss") is None
-            else _load(s["first_miss"], variable))
-    return (f"search {k}: max {_noun(variable)} {_load(s['max_load'], variable)} at SLO{attain}, "
-            f"{'confident' if s.get('confident') else 'not confident'}; first miss {miss}")
-
-
 def _variable(test: dict[str, Any]) -> str:
     return str(test["settings"].get("variable") or test["searches"][0].get("variable") or "request_rate")
 
@@ -159,11 +139,11 @@ def saturation_lines(test: dict[str, Any]) -> list[str]:
     found = [float(s["max_load"]) for s in searches if s.get("max_load") is not None]
     which = (f"{len(found)} searches" if len(found) == len(searches)
              else f"the {len(found)} of {len(searches)} searches that met it")
-    answer = (f"max {_noun(variable)} at SLO: {_load(statistics.median(found), variable)}"
+    answer = (f"max {variable.replace('_', ' ')} at SLO: {value_text(statistics.median(found), variable)}"
               + (f" (median of {which}: {', '.join(f'{x:g}' for x in found)})" if len(searches) > 1 else "")
               if found else "no search found a load meeting the SLO")
     return [f"{test['name']}: saturation search over {variable}{span}{goal}", answer,
-            *(_search_line(k, s, variable) for k, s in enumerate(searches, 1))]
+            *(f"search {k}: {search_text({'variable': variable, **s})}" for k, s in enumerate(searches, 1))]
 
 
 def saturation_points_table(test: dict[str, Any]) -> Table:

@@ -225,6 +225,9 @@ def test_saturation_search_finds_the_knee_and_is_gated(pytester: pytest.Pytester
         assert found["max_load"] < found["first_miss"] <= 128  # the knee is inside the searched range
         assert run_k["summary"]["max_rate_at_slo_req_s"] == found["max_load"]
     assert list((pytester.path / "baselines").glob("*/*.json"))
+    # each point live, each search's answer as a note: the wording of llmperf run and the reports
+    result.stdout.fnmatch_lines(["*search 1: request rate * req/s: */* within the SLO (*",
+                                 "*saturation search 1: max request rate * req/s at SLO, attainment *; first miss *"])
     result = run(pytester, "--llmperf-output-len", "8", "--llmperf-repeats", "3", **script)
     result.assert_outcomes(passed=1)
     checked = {v["metric"]: v["verdict"] for v in results(pytester)["verdicts"] if v["kind"] == "regression"}

@@ -115,20 +115,25 @@ def test_find_max_rate_writes_the_answer(tmp_path: Path, capsys: pytest.CaptureF
     with scripted_server(ttft_s=0.005, itl_s=0.01, max_num_seqs=1) as srv:
         code = _run(srv.endpoint, "--concurrency", "16", "--num-requests", "10", "--input-len", "8", "--output-len",
                     "4", "--find-max-rate", "--slo", "ttft_ms=100", "--start-rate", "8", "--max-rate", "256",
-                    "--rel-tol", "0.5", "--json", str(out))
+                    "--rel-tol", "0.5", "--repeats", "2", "--json", str(out))
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     (test,) = read_results(out)["tests"]
     assert test["test_id"] == f"llmperf-run::find_max_rate[{MODEL}-c16-in8-out4-slo-ttft100-t0.9]"
     assert test["workload"]["saturation"]["slo"] == {"ttft_ms": 100.0}
-    (run,) = test["runs"]
-    found = run["metrics"]
-    assert found["max_load"] is not None and found["first_miss"] is not None, found["reason"]
-    assert 8 <= found["max_load"] < found["first_miss"] <= 256
-    assert run["summary"]["max_rate_at_slo_req_s"] == found["max_load"]
-    assert run["summary"]["slo_attainment_at_max"] >= 0.9
-    assert len(found["points"]) >= 2 and f"max rate at SLO: {found['max_load']:g} req/s" in stdout
-    assert stdout.count("within the SLO (") == len(found["points"])
+    assert len(test["runs"]) == 2
+    for run in test["runs"]:
+        found = run["metrics"]
+        assert found["max_load"] is not None and found["first_miss"] is not None, found["reason"]
+        assert 8 <= found["max_load"] < found["first_miss"] <= 256
+        assert run["summary"]["max_rate_at_slo_req_s"] == found["max_load"]
+        assert run["summary"]["slo_attainment_at_max"] >= 0.9
+        assert len(found["points"]) >= 2 and f"max request rate {found['max_load']:g} req/s at SLO" in stdout
+    # every point measured is shown live, then the median of the searches as the reports word it
+    assert stdout.count("within the SLO (") == sum(len(r["metrics"]["points"]) for r in test["runs"])
+    maxima = [r["metrics"]["max_load"] for r in test["runs"]]
+    assert stdout.rstrip().endswith(f"max request rate at SLO: {sum(maxima) / 2:g} req/s (median of 2 searches: "
+                                    f"{maxima[0]:g}, {maxima[1]:g})"), stdout
 
 
 def test_find_max_rate_with_no_rate_meeting_the_slo_exits_1(tmp_path: Path,
