@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -283,6 +284,22 @@ def _exit_status(points: list[tuple[Any, list[Measured]]]) -> int:
     return 2 if len(failed) == len(records) else 0
 
 
+def prompt_length_note(points: list[tuple[Any, list[Measured]]]) -> str | None:
+    """The synthetic prompts' lengths as the server counted them (``usage.prompt_tokens``), when they miss the asked
+    ``--input-len``: the server's tokenizer is not the synthetic one, so the figures are for other lengths (the
+    pytest gate fails such a run; here the measurement stands, said once)."""
+    spec = points[0][0].input_spec
+    counts = [r.prompt_tokens for _, runs in points for m in runs for r in m.run.records if r.error is None]
+    wrong = sorted(c for c in counts if not spec.low_tokens <= c <= spec.high_tokens)
+    if not wrong:
+        return None
+    span = f"{wrong[0]}" if wrong[0] == wrong[-1] else f"{wrong[0]}-{wrong[-1]}"
+    return (f"the server counted {span} prompt tokens (median {statistics.median(wrong):g}) in {len(wrong)} of "
+            f"{len(counts)} requests where --input-len {spec.to_spec()} was asked: its tokenizer is not the synthetic "
+            f"one (prompts of t<id> words), so these figures are for those lengths; for exact lengths send the "
+            f"model's own text with --dataset")
+
+
 def _run_rates(args: argparse.Namespace, target: Target, base: Any) -> int:
     """One test per rate (``--request-rates``, else the one ``--request-rate`` or closed loop), K runs each."""
     from pytest_llmperf.commands.run_sweep import build_report, make_test, run_entry
@@ -301,6 +318,10 @@ def _run_rates(args: argparse.Namespace, target: Target, base: Any) -> int:
              for wl, runs in points]
     created = points[0][1][0].run.window.start_unix_s
     report = build_report(target, tests, created, last=(points[-1][0], points[-1][1][-1]))
+    note = None if target.prompts is not None else prompt_length_note(points)
+    if note is not None:
+        report["notes"] = [note]
+        print(f"llmperf run: warning: {note}", file=sys.stderr)
     _write(args, report)
     _print_runs(args, points, report, sweep)
     return _exit_status(points)

@@ -203,3 +203,22 @@ def test_server_metrics_off_or_absent(tmp_path: Path, capsys: pytest.CaptureFixt
     else:
         assert run["server"]["available"] is False and "HTTP 404" in run["server"]["reason"]
         assert f"{expected}: GET " in stdout
+
+
+@pytest.mark.parametrize("per_word", [1.0, 3.0])
+def test_synthetic_prompts_the_server_counts_otherwise_are_said(per_word: float, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The tokenizer trap on any endpoint: a server whose tokenizer is not the synthetic one counts other prompt
+    lengths than ``--input-len``. The run stands (exit 0) and says so once, on stderr and in the results' notes."""
+    out = tmp_path / "r.json"
+    with scripted_server(ttft_s=0.002, itl_s=0.001, prompt_tokens_per_word=per_word) as srv:
+        assert _run(srv.endpoint, *SHORT, "--json", str(out)) == 0
+    err = capsys.readouterr().err
+    notes = read_results(out).get("notes") or []
+    if per_word == 1.0:
+        assert "warning" not in err and notes == []
+        return
+    note = ("the server counted 24 prompt tokens (median 24) in 4 of 4 requests where --input-len 8 was asked: "
+            "its tokenizer is not the synthetic one")
+    assert err.count("llmperf run: warning: ") == 1 and note in err, err
+    assert len(notes) == 1 and notes[0].startswith(note)
