@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.errors import UsageError
-from pytest_llmperf.options import FLAGS, OPTIONS
+from pytest_llmperf.options import FLAGS, OPTIONS, SessionCV
 
 __all__ = ["LLMPerfConfig", "read_pyproject", "DEFAULTS"]
 
@@ -114,6 +114,8 @@ class LLMPerfConfig:
     request_rates: tuple[float, ...] | None = None
     burstiness: float = 1.0
     slo: dict[str, Any] = field(default_factory=dict)
+    #: per-metric priors of the session model (``--llmperf-session-cv 0.05,tpot_p50_ms=0.01``), over ``session_cv``
+    session_cv_metrics: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_sources(cls, cli: dict[str, Any], pyproject: dict[str, Any], *, gpus_available: int) -> LLMPerfConfig:
@@ -133,7 +135,10 @@ class LLMPerfConfig:
                 values[key] = cli[key]
             elif key in pyproject:
                 raw = pyproject[key]
-                text = ",".join(str(v) for v in raw) if isinstance(raw, list) else str(raw)
+                if isinstance(raw, dict):  # a table: session_cv = {default = 0.05, tpot_p50_ms = 0.01}
+                    text = ",".join(str(v) if k == "default" else f"{k}={v}" for k, v in raw.items())
+                else:
+                    text = ",".join(str(v) for v in raw) if isinstance(raw, list) else str(raw)
                 try:
                     values[key] = parse(text)
                 except argparse.ArgumentTypeError as exc:
@@ -160,6 +165,10 @@ class LLMPerfConfig:
         if not isinstance(slo, dict):
             raise UsageError("[tool.llmperf.slo] in pyproject.toml must be a table of limits")
         merged = {**COMMON, **DEFAULTS[backend], **values, "slo": slo}
+        if isinstance(merged["session_cv"], SessionCV):  # the parsed option: a default and/or per-metric priors
+            given = merged["session_cv"]
+            merged["session_cv"] = given.default if given.default is not None else DEFAULTS[backend]["session_cv"]
+            merged["session_cv_metrics"] = given.per_metric
         if merged["accept_regression"] and not merged["update_baselines"]:
             raise UsageError("--llmperf-accept-regression only makes sense with --llmperf-update-baselines")
         if merged["accept_regression"] and not merged["update_reason"]:

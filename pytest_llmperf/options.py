@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["add_options", "parse_int_list", "parse_positive_int", "parse_nonneg_int", "parse_positive_float",
-           "parse_fraction", "parse_mode_list", "choice", "parse_metric_list", "parse_rates_option", "OPTIONS", "FLAGS"]
+           "parse_fraction", "parse_mode_list", "choice", "parse_metric_list", "parse_rates_option", "OPTIONS", "FLAGS",
+           "SessionCV", "parse_session_cv"]
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -78,6 +79,34 @@ def parse_metric_list(text: str) -> tuple[str, ...]:
     from pytest_llmperf.stats.metrics import direction_of
 
     return _parse_names(text, direction_of, "metric", "ttft_p95_ms,tpot_p50_ms")
+
+
+class SessionCV(NamedTuple):
+    """``--llmperf-session-cv``: the prior for every metric (None: the backend's default) and per-metric priors."""
+
+    default: float | None
+    per_metric: tuple[tuple[str, float], ...]
+
+
+def parse_session_cv(text: str) -> SessionCV:
+    """``0.05``, ``tpot_p50_ms=0.01,ttft_p95_ms=0.2`` or both (``0.05,tpot_p50_ms=0.01``): each a std of logs >= 0
+    (``llmperf baseline noise`` prints the values measured on a machine's recorded sessions)."""
+    default, per_metric = None, {}
+    parts = [p for p in str(text).replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a number >= 0 and/or METRIC=NUMBER pairs, e.g. 0.05,tpot_p50_ms=0.01")
+    for part in parts:
+        metric, sep, value = part.rpartition("=")
+        number = _parse_number(value, float, low=0.0, inclusive=True, what=f"a number >= 0 in {part!r}")
+        if not sep:
+            if default is not None:
+                raise argparse.ArgumentTypeError(f"two values for every metric in {text!r}: give one, and "
+                                                 f"METRIC=NUMBER for the others")
+            default = float(number)
+            continue
+        (name,) = parse_metric_list(metric)
+        per_metric[name] = float(number)
+    return SessionCV(default, tuple(sorted(per_metric.items())))
 
 
 def parse_mode_list(text: str) -> tuple[str, ...]:
@@ -163,9 +192,10 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "far": (parse_fraction, "F", "build-wide false-alarm rate of the regression gate, Holm (default 0.05)"),
     "tolerance": (parse_fraction, "F", "change ignored as practically irrelevant, e.g. 0.1 or 10% (default 0.1 on gpu, "
                   "0.5 on the noisy shared CPU backend)"),
-    "session-cv": (lambda t: _parse_number(t, float, low=0.0, inclusive=True, what="a number >= 0"), "F",
+    "session-cv": (parse_session_cv, "F[,M=F]",
                    "prior session-to-session noise (std of logs) of the regression model, worth 4 sessions of "
-                   "evidence; recorded sessions refine it (default 0.05 on gpu, 0.10 on cpu)"),
+                   "evidence; recorded sessions refine it; METRIC=F sets one metric's, e.g. 0.05,tpot_p50_ms=0.01 "
+                   "(llmperf baseline noise measures them; default 0.05 on gpu, 0.10 on cpu)"),
     "sessions-kept": (parse_positive_int, "N", "baseline sessions in the rolling window the gate compares "
                       "with; the first N also form the automatic anchor (default 20)"),
     "results": (str, "PATH", "session results JSON (default .llmperf/results.json)"),

@@ -83,6 +83,7 @@ def header_line(cfg: LLMPerfConfig, topology: Topology) -> str:
             + (f"request rates {','.join(f'{r:g}' for r in cfg.request_rates)} req/s, " if cfg.request_rates else "")
             + (f"dataset {cfg.dataset}, " if cfg.dataset else "")
             + f"FAR {cfg.far:g}, tolerance {cfg.tolerance:.0%}, session CV prior {cfg.session_cv:.0%}"
+            + "".join(f", {m} {cv:.1%}" for m, cv in cfg.session_cv_metrics)
             + (f"; {emu}" if emu else ""))
 
 

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.errors import UsageError
 from pytest_llmperf.gate.update import UpdateReport, current_commit, current_user, update_baselines
 from pytest_llmperf.storage.baselines import BaselineStore
 
@@ -24,6 +25,7 @@ __all__ = ["add_parser", "main", "pin_main", "update_baselines", "UpdateReport",
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from pytest_llmperf.commands.compare import add_gate_arguments
+    from pytest_llmperf.options import parse_fraction
 
     p = subparsers.add_parser("baseline", help="manage stored baselines", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
@@ -40,6 +42,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pin.add_argument("--label", required=True, help="the anchor's name, e.g. v1.4.0")
     pin.add_argument("--baseline-dir", default="baselines", help="baselines folder (default: baselines)")
     pin.set_defaults(func=pin_main)
+    noise = sub.add_parser("noise", help="how much whole sessions differ per metric, from the recorded baselines",
+                           description="The session-to-session spread of each gated metric, pooled over a "
+                                       "machine's recorded baselines, and the --llmperf-session-cv that sets it "
+                                       "as the regression model's prior (docs/regression.md).")
+    noise.add_argument("hardware_ids", metavar="HARDWARE_ID", nargs="*", help="folders under the baselines root "
+                                                                               "(default: every folder)")
+    noise.add_argument("--baseline-dir", default="baselines", help="baselines folder (default: baselines)")
+    noise.add_argument("--confidence", type=parse_fraction, default=0.9,
+                       help="level of the one-sided upper bound suggested as the prior (default 0.9)")
+    noise.set_defaults(func=noise_main)
     return p
 
 
@@ -79,3 +91,64 @@ def pin_main(args: argparse.Namespace) -> int:
     written = pin_anchor(BaselineStore(args.baseline_dir), args.hardware_id, args.label)
     print(f"pinned anchor {args.label!r} in {len(written)} baseline(s) under {Path(args.baseline_dir) / args.hardware_id}")
     return 0 if written else 1
+
+
+#: fewest degrees of freedom (sum over tests of sessions - 1) behind a suggested per-metric prior
+MIN_NOISE_DF = 4
+#: the smallest prior suggested: 0 would mean "no prior", which with few sessions lets a session pass for a change
+MIN_SUGGESTED_CV = 0.005
+
+
+def session_noise_rows(baselines: list[Any], metrics: list[str], confidence: float) -> list[tuple[str, Any]]:
+    """``(metric, SessionNoise or None)`` per metric, pooled over ``baselines`` (each test's window of sessions)."""
+    from pytest_llmperf.stats.session_noise import estimate_session_cv
+
+    rows = []
+    for metric in metrics:
+        tests = []
+        for b in baselines:
+            by_session: dict[str, list[float]] = {}
+            for run, session in zip(b.runs, b.session_ids()):
+                value = run.get(metric)
+                if value is not None and value > 0:
+                    by_session.setdefault(session, []).append(float(value))
+            tests.append(list(by_session.values()))
+        rows.append((metric, estimate_session_cv(tests, confidence)))
+    return rows
+
+
+def noise_main(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from pytest_llmperf.gate.settings import GateSettings, config_for_backend
+
+    store = BaselineStore(args.baseline_dir)
+    ids = args.hardware_ids or store.hardware_ids()
+    if not ids:
+        raise UsageError(f"no baselines under {args.baseline_dir}/ (record some with --llmperf-update-baselines)")
+    for hardware_id in ids:
+        baselines = store.baselines(hardware_id)
+        if not baselines:
+            raise UsageError(f"no baselines in {Path(args.baseline_dir) / hardware_id}: known folders: "
+                             f"{', '.join(store.hardware_ids()) or 'none'}")
+        backend = str(baselines[0].fingerprint.get("backend") or "cpu")
+        settings = GateSettings.from_config(config_for_backend(backend, "."))
+        metrics = sorted({m for b in baselines if b.runs for m in settings.metrics_for(b.runs[0])})
+        rows = session_noise_rows(baselines, metrics, args.confidence)
+        level = f"{args.confidence:.0%}"
+        print(f"{Path(args.baseline_dir) / hardware_id}: {len(baselines)} baselines; prior now "
+              f"{settings.session_cv:g} for every metric")
+        body = [[m, n.tests, n.sessions, n.df, f"{n.estimate:.2%}", f"{n.upper:.2%}"] if n else
+                [m, 0, "-", 0, "-", "-"] for m, n in rows]
+        print(tabulate(body, headers=["metric", "tests", "sessions", "df", "session CV", f"{level} upper"],
+                       colalign=("left", "right", "right", "right", "right", "right")))
+        chosen = [(m, max(n.upper, MIN_SUGGESTED_CV)) for m, n in rows if n is not None and n.df >= MIN_NOISE_DF]
+        if chosen:
+            print(f"measured priors ({level} upper bounds; metrics under {MIN_NOISE_DF} degrees of freedom keep "
+                  f"{settings.session_cv:g}):\n  --llmperf-session-cv "
+                  + ",".join([f"{settings.session_cv:g}", *(f"{m}={cv:.3f}" for m, cv in chosen)]))
+        else:
+            print(f"too few recorded sessions for a measured prior (each metric needs {MIN_NOISE_DF} degrees of "
+                  f"freedom: tests x (sessions - 1)); keep {settings.session_cv:g}")
+        print()
+    return 0

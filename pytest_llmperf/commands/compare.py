@@ -83,14 +83,16 @@ def settings_from_args(args: argparse.Namespace, fingerprint: dict[str, Any] | N
 
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     """The options shared with ``baseline update`` (defaults: as the pytest gate resolves them)."""
-    from pytest_llmperf.options import parse_fraction
+    from pytest_llmperf.options import parse_fraction, parse_session_cv
 
     p.add_argument("--tolerance", type=parse_fraction, default=None,
                    help="relative worsening tolerated (default: as pytest: pyproject, else 0.1 gpu / 0.5 cpu)")
     p.add_argument("--alpha", type=parse_fraction, default=None,
                    help="false-alarm rate of the whole comparison (default: as pytest's --llmperf-far, 0.05)")
-    p.add_argument("--session-cv", type=float, default=None,
-                   help="prior session-to-session noise (default: as pytest, 0.05 gpu / 0.10 cpu)")
+    p.add_argument("--session-cv", type=parse_session_cv, default=None, metavar="F[,METRIC=F]",
+                   help="prior session-to-session noise, for every metric and/or per metric, e.g. "
+                        "0.05,tpot_p50_ms=0.01 (default: as pytest, 0.05 gpu / 0.10 cpu; llmperf baseline noise "
+                        "measures them)")
     p.add_argument("--metric", action="append", dest="metrics", metavar="M",
                    help="compare only this metric (repeatable; default: the backend's gated metrics)")
 

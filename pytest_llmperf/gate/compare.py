@@ -57,7 +57,8 @@ def checks_for_test(test_id: str, runs: Sequence[Mapping[str, float]], baseline:
                                     f"({'; '.join(diffs)}); comparison skipped", k)]
     metrics = settings.metrics_for(runs[0] if runs else {})
     checks, settled = build_checks(test_id, baseline.runs, runs, metrics=metrics, tolerance=settings.tolerance,
-                                   baseline_sessions=baseline.session_ids(), session_cv=settings.session_cv)
+                                   baseline_sessions=baseline.session_ids(), session_cv=settings.session_cv,
+                                   session_cvs=settings.session_cvs())
     if not checks:
         reasons = "; ".join(v.message.split(": ", 1)[-1] for v in settled) or "no metric to compare"
         return [], [*settled, _whole_test(test_id, VerdictState.FAIL,
@@ -67,7 +68,8 @@ def checks_for_test(test_id: str, runs: Sequence[Mapping[str, float]], baseline:
     if anchor is not None and not set(anchor[1]) <= set(baseline.session_ids()):
         a_checks, a_settled = build_checks(test_id, anchor[0], runs, metrics=[c.metric for c in checks],
                                            tolerance=settings.tolerance, baseline_sessions=anchor[1],
-                                           session_cv=settings.session_cv, kind="anchor", label=anchor[2])
+                                           session_cv=settings.session_cv, session_cvs=settings.session_cvs(),
+                                           kind="anchor", label=anchor[2])
         checks += a_checks
         settled += [v for v in a_settled if v.metric not in {s.metric for s in settled}]
     return checks, settled

@@ -41,16 +41,24 @@ class GateSettings:
     fail_inconclusive: bool = False
     #: a missing baseline fails the test (``--llmperf-require-baseline``; not while recording baselines)
     require_baseline: bool = False
+    #: per-metric priors of the session model, over ``session_cv`` (``--llmperf-session-cv 0.05,tpot_p50_ms=0.01``)
+    session_cv_metrics: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: LLMPerfConfig, metrics: Sequence[str] | None = None) -> GateSettings:
         return cls(metrics=tuple(metrics) if metrics else None, default_metrics=tuple(cfg.gate_metrics),
                    tolerance=cfg.tolerance, family_alpha=cfg.far, session_cv=cfg.session_cv,
                    sessions_kept=cfg.sessions_kept, fail_inconclusive=cfg.fail_inconclusive,
-                   require_baseline=cfg.require_baseline and not cfg.update_baselines)
+                   require_baseline=cfg.require_baseline and not cfg.update_baselines,
+                   session_cv_metrics=tuple(cfg.session_cv_metrics))
+
+    def session_cvs(self) -> dict[str, float]:
+        """``{metric: prior}`` where a metric has its own; the others use ``session_cv``."""
+        return dict(self.session_cv_metrics)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["session_cv_metrics"] = self.session_cvs()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -61,7 +69,9 @@ class GateSettings:
                        family_alpha=float(d["family_alpha"]), session_cv=float(d["session_cv"]),
                        sessions_kept=int(d.get("sessions_kept", 20)),
                        fail_inconclusive=bool(d.get("fail_inconclusive", False)),
-                       require_baseline=bool(d.get("require_baseline", False)))
+                       require_baseline=bool(d.get("require_baseline", False)),
+                       session_cv_metrics=tuple(sorted((str(k), float(v))
+                                                       for k, v in (d.get("session_cv_metrics") or {}).items())))
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: not a valid gate settings object ({exc!r})") from None
 

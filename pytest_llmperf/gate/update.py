@@ -22,6 +22,7 @@ from typing import Any
 from pytest_llmperf.errors import BaselineError, UsageError
 from pytest_llmperf.gate.compare import checks_for_test
 from pytest_llmperf.gate.settings import GateSettings
+from pytest_llmperf.options import SessionCV
 from pytest_llmperf.stats.decision import MIN_BASELINE_RUNS, SESSIONS_KEPT, decide_all
 from pytest_llmperf.stats.verdict import Verdict, VerdictState
 from pytest_llmperf.storage.baselines import BaselineStore, Provenance
@@ -88,7 +89,7 @@ def update_baselines(
     settings: GateSettings | Callable[[Mapping[str, Any]], GateSettings] | None = None,
     tolerance: float | None = None,
     family_alpha: float | None = None,
-    session_cv: float | None = None,
+    session_cv: float | SessionCV | None = None,
     metrics: Sequence[str] | None = None,
     gated: Mapping[str, Sequence[Verdict]] | None = None,
     failed_tests: Mapping[str, str] | None = None,
@@ -130,8 +131,13 @@ def update_baselines(
             new_tests.append(test_id)
             continue
         s = _settings_for(entry, settings, fp)
-        flags = {k: v for k, v in (("tolerance", tolerance), ("family_alpha", family_alpha),
-                                   ("session_cv", session_cv)) if v is not None}
+        flags: dict[str, Any] = {k: v for k, v in (("tolerance", tolerance), ("family_alpha", family_alpha))
+                                 if v is not None}
+        if isinstance(session_cv, SessionCV):  # --session-cv F[,METRIC=F]
+            flags.update({"session_cv": session_cv.default} if session_cv.default is not None else {})
+            flags.update({"session_cv_metrics": session_cv.per_metric} if session_cv.per_metric else {})
+        elif session_cv is not None:
+            flags["session_cv"] = float(session_cv)
         if flags or metrics:
             s = GateSettings(**{**s.__dict__, **flags, **({"metrics": tuple(metrics)} if metrics else {})})
         try:

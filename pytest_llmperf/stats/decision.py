@@ -289,13 +289,15 @@ def build_checks(
     tolerances: Mapping[str, float] | None = None,
     baseline_sessions: Sequence[str] | None = None,
     session_cv: float = 0.0,
+    session_cvs: Mapping[str, float] | None = None,
     kind: str = "regression",
     label: str = "",
 ) -> tuple[list[Check], list[Verdict]]:
     """Checks for ``metrics`` (default: every metric on both sides) and SKIPPED verdicts for what cannot be tested.
 
     A metric of unknown direction, missing on one side, or with a value <= 0 is SKIPPED with the reason;
-    metrics in :data:`NOT_GATED` are left to the SLO unless named in ``metrics``.
+    metrics in :data:`NOT_GATED` are left to the SLO unless named in ``metrics``. ``tolerances`` and ``session_cvs``
+    give a metric its own tolerance and session-noise prior over ``tolerance`` and ``session_cv``.
     """
     from pytest_llmperf.stats.metrics import direction_of
 
@@ -332,5 +334,6 @@ def build_checks(
             continue
         tol = (tolerances or {}).get(metric, tolerance)
         checks.append(Check(test_id, metric, tuple(base), tuple(cand), direction, tol,
-                            tuple(s for _, s in pairs), kind=kind, label=label, session_cv=session_cv))
+                            tuple(s for _, s in pairs), kind=kind, label=label,
+                            session_cv=(session_cvs or {}).get(metric, session_cv)))
     return checks, skipped

@@ -234,3 +234,6 @@ def test_report_header_line(pytester: pytest.Pytester) -> None:
         "modes single,pp2, concurrency 1,4, input 32 -> output 8 tokens, K=3 runs, FAR 0.05, tolerance 50%, "
         "session CV prior 10%; "
         "CPU backend: no GPU interconnect*"])
+    result = run_llmperf(pytester, "--llmperf-session-cv", "0.08,tpot_p50_ms=0.01,e2el_p50_ms=0.2")
+    result.assert_outcomes(passed=1)  # per-metric priors, said where the gate's other settings are
+    result.stdout.fnmatch_lines(["*tolerance 50%, session CV prior 8%, e2el_p50_ms 20.0%, tpot_p50_ms 1.0%; CPU*"])

@@ -257,6 +257,10 @@ def test_baseline_update_cli_flags_override_the_gate_settings_a_results_file_rec
     assert "INCONCLUSIVE" in capsys.readouterr().out
     assert cli_main([*base, "--session-cv", "0"]) == 1
     assert "refused: 1 regression(s) (" in capsys.readouterr().out
+    assert cli_main([*base, "--session-cv", "e2el_p50_ms=0"]) == 0  # another metric's prior: still hidden
+    capsys.readouterr()
+    assert cli_main([*base, "--session-cv", "ttft_p95_ms=0"]) == 1  # this metric's own prior replaces the recorded
+    assert "refused: 1 regression(s) (" in capsys.readouterr().out
 
 
 def test_baseline_update_and_compare_read_gzipped_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
