@@ -60,6 +60,10 @@ def pcie_emulation_active(cfg: LLMPerfConfig, topology: Topology) -> bool:
     return topology.gpu_count > 1 and topology.interconnect(range(topology.gpu_count)) == "nvlink"
 
 
+#: how the header and skip reasons name a link kind of ``Topology.interconnect``
+LINK_NAMES = {"nvlink": "NVLink", "pcie": "PCIe"}
+
+
 def emulation_note(cfg: LLMPerfConfig, topology: Topology) -> str | None:
     if cfg.endpoint:
         return None  # nothing is emulated on a server we do not start
@@ -70,8 +74,9 @@ def emulation_note(cfg: LLMPerfConfig, topology: Topology) -> str | None:
     if topology.gpu_count < 2:  # forced on where there is no peer link: say so rather than claim NVLink
         return "PCIe emulation on, but this machine has one GPU: no peer link to emulate (single-GPU engines)"
     link = topology.interconnect(range(topology.gpu_count))
-    return (f"PCIe emulated on {'NVLink' if link == 'nvlink' else link}: NCCL P2P/NVLS off, custom and "
-            "symmetric-memory all-reduce off, all-reduce fusion off (proven from the engine log)")
+    what = f"PCIe emulated on {LINK_NAMES['nvlink']}" if link == "nvlink" else "PCIe without P2P emulated on PCIe"
+    return (f"{what}: NCCL P2P/NVLS off, custom and symmetric-memory all-reduce off, all-reduce fusion off "
+            "(proven from the engine log)")
 
 
 def header_line(cfg: LLMPerfConfig, topology: Topology) -> str:
@@ -134,7 +139,8 @@ def skip_reason(item: Any, spec: EngineSpec, cfg: LLMPerfConfig, topology: Topol
                     f"({topology.describe()})")
         link = topology.interconnect(range(spec.world_size)) if spec.world_size > 1 else "none"
         if item.get_closest_marker("nvlink") and spec.world_size > 1 and link != "nvlink":
-            return f"needs NVLink between GPUs 0..{spec.world_size - 1}; they are joined by {link}"
+            return (f"needs NVLink between GPUs 0..{spec.world_size - 1}; they are joined by "
+                    f"{LINK_NAMES.get(link, link)}")
         if item.get_closest_marker("pcie") and spec.world_size > 1 and link == "nvlink" and not spec.emulate_pcie:
             return "pcie test on NVLink GPUs with --llmperf-emulate-pcie off"
         return None

@@ -119,12 +119,15 @@ def test_two_gpus_over_pcie_skip_nvlink_tests(inner: pytest.Pytester) -> None:
     result = run(inner, "2xRTX3090:pcie")
     result.assert_outcomes(passed=6, skipped=1)
     result.stdout.fnmatch_lines([
-        "SKIPPED [[]1[]] test_topo.py:*: needs NVLink between GPUs 0..1; they are joined by pcie"])
+        "SKIPPED [[]1[]] test_topo.py:*: needs NVLink between GPUs 0..1; they are joined by PCIe"])
     result.stdout.fnmatch_lines_random([
         "*SPEC test_tp2 backend=gpu label=tp2 emulate_pcie=False devices=(0, 1)",
         "*SPEC test_pcie_pp2 backend=gpu label=pp2 emulate_pcie=False devices=(0, 1)",
     ])
     result.stdout.no_fnmatch_line("*PCIe emulated*")
+    forced = run(inner, "2xRTX3090:pcie", "--llmperf-emulate-pcie", "on")  # peer paths off on a real PCIe box
+    forced.stdout.fnmatch_lines(["llmperf: backend gpu, 2 x RTX3090, PCIe*; PCIe without P2P emulated on PCIe: "
+                                 "NCCL P2P/NVLS off*"])
 
 
 def test_two_gpus_over_nvlink_emulate_pcie_for_the_pcie_suite(inner: pytest.Pytester) -> None:
@@ -158,7 +161,7 @@ def test_conftest_hook_overrides_detection(inner: pytest.Pytester) -> None:
     result = run(inner, "none")  # the hook wins over the environment variable
     result.assert_outcomes(passed=6, skipped=1)
     result.stdout.fnmatch_lines(["llmperf: backend gpu, 2 x RTX3090, PCIe*",
-                                 "*needs NVLink between GPUs 0..1; they are joined by pcie"])
+                                 "*needs NVLink between GPUs 0..1; they are joined by PCIe"])
 
 
 def test_skipped_gpu_tests_with_m_selection(inner: pytest.Pytester) -> None:
