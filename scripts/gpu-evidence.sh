@@ -16,7 +16,9 @@
 # LLMPERF_MODES narrows a phase (e.g. LLMPERF_MODES=tp2); LLMPERF_STUDY_ARGS adds pytest arguments;
 # LLMPERF_REGRESS_ARGS replaces the regress phase's change (default --disable-custom-all-reduce);
 # LLMPERF_LINKS=pcie or nvlink runs one link of the dp and moe phases (each fits a 10-minute call);
-# LLMPERF_TAG names a repeat of a phase on the same machine (results in .llmperf/gpu-PHASE-TAG, OUTDIR/PHASE-TAG.tgz).
+# LLMPERF_TAG names a repeat of a phase on the same machine (results in .llmperf/gpu-PHASE-TAG, OUTDIR/PHASE-TAG.tgz);
+# LLMPERF_ENGINE_ARGS replaces the engines' extra vLLM arguments (default --max-num-seqs 32: keep it, add the change
+# under test); LLMPERF_RECORD=0 gates a study phase without recording it (a deliberately changed engine).
 # The workload is the issue's: 512-token prompts -> 128 tokens, concurrency 1, 8, 32, K=5 runs per point, each
 # run at least 3 waves of the concurrency (96 requests at 32), CUDA graphs on (never eager).
 set -uo pipefail
@@ -32,7 +34,7 @@ MODEL=deepseek-r1-distill-qwen-14b; [ "$PHASE" = moe ] && MODEL=qwen3-30b-a3b
 SWEEP=(-p pytest_llmperf.plugin -p no:cacheprovider -rs --llmperf-backend gpu
        --llmperf-model "$MODEL" --llmperf-concurrency "${LLMPERF_CONCURRENCY:-1,8,32}"
        --llmperf-input-lens 512 --llmperf-output-len 128 --llmperf-num-requests 6 --llmperf-min-waves 3
-       --llmperf-repeats 5 --llmperf-max-model-len 4096 --llmperf-engine-args "--max-num-seqs 32"
+       --llmperf-repeats 5 --llmperf-max-model-len 4096 --llmperf-engine-args "${LLMPERF_ENGINE_ARGS:---max-num-seqs 32}"
        --llmperf-startup-timeout 420
        --llmperf-results "$RES/results.json" --llmperf-report-dir "$RES/report" ${LLMPERF_STUDY_ARGS:-})
 # every runtime dependency in pyproject.toml must import here before an engine start is spent (a GPU image
@@ -56,7 +58,8 @@ PY
 on_link() { case ",${LLMPERF_LINKS:-pcie,nvlink}," in *,"$1",*) return 0 ;; esac; return 1; }
 # the study phases record baselines; the gate-proof phases (rerun, regress) judge against them
 case "$PHASE" in rerun|regress) ;; *)
-  SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study ($NAME), K=5, $(date -u +%F)") ;; esac
+  [ "${LLMPERF_RECORD:-1}" = 0 ] ||
+    SWEEP+=(--llmperf-update-baselines --llmperf-update-reason "GPU study ($NAME), K=5, $(date -u +%F)") ;; esac
 case "$PHASE" in
   single)
     mkdir -p "$RES"
