@@ -133,9 +133,9 @@ def update_baselines(
         s = _settings_for(entry, settings, fp)
         flags: dict[str, Any] = {k: v for k, v in (("tolerance", tolerance), ("family_alpha", family_alpha))
                                  if v is not None}
-        if isinstance(session_cv, SessionCV):  # --session-cv F[,METRIC=F]
+        if isinstance(session_cv, SessionCV):  # --session-cv F[,METRIC=F] replaces the recorded priors (as in pytest)
             flags.update({"session_cv": session_cv.default} if session_cv.default is not None else {})
-            flags.update({"session_cv_metrics": session_cv.per_metric} if session_cv.per_metric else {})
+            flags["session_cv_metrics"] = session_cv.per_metric
         elif session_cv is not None:
             flags["session_cv"] = float(session_cv)
         if flags or metrics:

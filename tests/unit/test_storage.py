@@ -261,6 +261,12 @@ def test_baseline_update_cli_flags_override_the_gate_settings_a_results_file_rec
     capsys.readouterr()
     assert cli_main([*base, "--session-cv", "ttft_p95_ms=0"]) == 1  # this metric's own prior replaces the recorded
     assert "refused: 1 regression(s) (" in capsys.readouterr().out
+    slowed["tests"][0]["gate"]["session_cv_metrics"] = {"ttft_p95_ms": 0.0}  # recorded: the metric's own prior
+    r.write_text(json.dumps(slowed))
+    assert cli_main(base) == 1
+    capsys.readouterr()
+    assert cli_main([*base, "--session-cv", "0.5"]) == 0  # given on the command line, it replaces all recorded priors
+    assert "INCONCLUSIVE" in capsys.readouterr().out
 
 
 def test_baseline_update_and_compare_read_gzipped_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
