@@ -116,6 +116,9 @@ def summary_line(verdicts: Sequence[Mapping[str, object]]) -> str:
     if tested:
         line += (f"; {len(weak)} of {len(tested)} underpowered (could not detect twice their tolerance with 80% "
                  f"power at their K and noise: record more runs or sessions)")
+    if any(int(v.get("baseline_sessions") or 0) >= 2 for v in weak):  # type: ignore[call-overload]
+        line += ("; sessions are recorded: `llmperf baseline noise` measures each metric's session spread for "
+                 "--llmperf-session-cv")
     return line
 
 

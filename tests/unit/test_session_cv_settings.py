@@ -104,3 +104,14 @@ def test_baseline_noise_with_one_session_keeps_the_prior_and_names_a_missing_fol
     assert cli_main(["baseline", "noise", "--baseline-dir", str(store.root), "gpu-x"]) == 2
     err = capsys.readouterr().err
     assert "no baselines in" in err and "known folders: cpu-m" in err, err
+
+
+def test_the_session_summary_points_to_the_measurement_once_sessions_are_recorded() -> None:
+    from pytest_llmperf.gate.compare import summary_line
+
+    weak = {"kind": "regression", "verdict": "INCONCLUSIVE", "p_value": 0.5, "underpowered": True}
+    one = summary_line([{**weak, "baseline_sessions": 1}])
+    assert one.endswith("record more runs or sessions)")  # nothing to measure a spread from yet
+    two = summary_line([{**weak, "baseline_sessions": 3}, {**weak, "verdict": "PASS", "underpowered": False}])
+    assert two.startswith("llmperf: regression checks: 1 PASS, 1 INCONCLUSIVE; 1 of 2 underpowered")
+    assert two.endswith("`llmperf baseline noise` measures each metric's session spread for --llmperf-session-cv")
