@@ -322,8 +322,10 @@ class LLMPerfSession:
         """The command that records this session's baselines: the same arguments plus --llmperf-update-baselines."""
         import shlex
 
+        from pytest_llmperf.report.terminal import without_plugin_flag
+
         args = [a for a in self.pytest_config.invocation_params.args if a != "--llmperf-update-baselines"]
-        return shlex.join(["pytest", *args, "--llmperf-update-baselines"])
+        return shlex.join(["pytest", *without_plugin_flag(args), "--llmperf-update-baselines"])
 
     def results_dict(self) -> dict[str, Any]:
         from pytest_llmperf import __version__

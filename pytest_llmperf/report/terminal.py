@@ -159,12 +159,36 @@ def header_title(header: dict[str, Any]) -> str:
     return str(header.get("topology") or "unknown topology")
 
 
+def without_plugin_flag(args: list[str]) -> list[str]:
+    """``args`` less ``-p pytest_llmperf.plugin``: an installed plugin loads by its entry point, and pytest refuses to
+    register it a second time under the module's name ("Plugin already registered under a different name")."""
+    out, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == "-p" and i + 1 < len(args) and args[i + 1] == "pytest_llmperf.plugin":
+            skip = True
+        elif arg != "-ppytest_llmperf.plugin":
+            out.append(arg)
+    return out
+
+
+def runnable_command(command: str) -> str:
+    """A recorded ``pytest ...`` command as a user can run it where the plugin is installed."""
+    import shlex
+
+    try:
+        return shlex.join(without_plugin_flag(shlex.split(command)))
+    except ValueError:  # not shell syntax: shown as recorded
+        return command
+
+
 def no_baseline_line(results: dict[str, Any], n_tests: int, quote: str = "") -> str:
     """One line for a machine without baselines, with the command that records them (``quote`` around
     commands: a backtick for Markdown)."""
     header = results.get("header") or {}
     where = f" in {header['baseline_dir']}/" if header.get("baseline_dir") else ""
-    command = header.get("record_command") or "pytest <the same arguments> --llmperf-update-baselines"
+    command = runnable_command(header.get("record_command") or "pytest <the same arguments> --llmperf-update-baselines")
     machine = _hardware_id(results)
     return (f"NO_BASELINE: no baseline for this machine{f' ({machine})' if machine else ''}{where} "
             f"({n_tests} test{'s' if n_tests != 1 else ''}); record them with: {quote}{command}{quote} "

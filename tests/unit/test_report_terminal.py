@@ -135,6 +135,12 @@ def test_no_baseline_once_with_command(cpu: dict) -> None:
                      "(4 tests); record them with: pytest perf_tests -m pcie --llmperf-update-baselines "
                      "(or: llmperf baseline update RESULTS.json)")
     assert lines.index(nb[0]) < 5  # near the top, not after 18 lines
+    # recorded where the plugin was loaded with -p (the GPU machine): shown as it runs where it is installed
+    cpu["header"]["record_command"] = ("pytest perf_tests -p pytest_llmperf.plugin -p no:cacheprovider "
+                                       "--llmperf-update-reason 'GPU study' --llmperf-update-baselines")
+    (shown,) = [ln for ln in render_terminal(cpu).splitlines() if "record them with" in ln]
+    assert ("record them with: pytest perf_tests -p no:cacheprovider --llmperf-update-reason 'GPU study' "
+            "--llmperf-update-baselines (or:") in shown
 
 
 def test_engine_starts_rate_and_endpoint(cpu: dict) -> None:
