@@ -10,9 +10,12 @@ model, so a team can set ``session_cv`` per metric from its own history (``llmpe
 Per test with J >= 2 sessions: session means ``m_j`` and the pooled within-session variance ``v`` of logs (over
 sessions with >= 2 runs); ``between = max(var(m_j, ddof=1) - v / K, 0)`` with ``K`` the harmonic mean of the runs
 per session (the rule's own estimate), worth ``J - 1`` degrees of freedom. Tests are pooled by degrees of freedom:
-``s^2 = sum (J_t - 1) between_t / sum (J_t - 1)``. The one-sided upper confidence bound at ``confidence`` is
-``df s^2 / chi2_{1-confidence}(df)`` (chi-square, as for any pooled variance; the truncation at 0 makes it a little
-conservative). Pure functions over numbers; no I/O.
+``s^2 = sum (J_t - 1) between_t / sum (J_t - 1)``. The one-sided upper confidence bound at ``confidence`` is the
+chi-square bound of the session means' own pooled variance, ``df M / chi2_{1-confidence}(df)`` with ``M = sum
+(J_t - 1) var_t(m_j) / df``: that variance is ``sigma_s^2 + sigma_r^2 / K``, so its bound is also one for
+``sigma_s^2``, conservative by the run noise left in the means, and never 0 unless the session means coincide (a
+bound computed from the truncated estimate would be 0 whenever run noise hides the session effect). Pure functions
+over numbers; no I/O.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ class SessionNoise:
     confidence: float
 
 
-def between_session_variance(sessions: Sequence[Sequence[float]]) -> tuple[float, int] | None:
-    """``(between-session variance of logs, J - 1)`` of one test's sessions (each a list of positive run values),
-    or None with fewer than 2 sessions that have values."""
+def between_session_variance(sessions: Sequence[Sequence[float]]) -> tuple[float, float, int] | None:
+    """``(between-session variance of logs, variance of the session means, J - 1)`` of one test's sessions (each a
+    list of positive run values), or None with fewer than 2 sessions that have values."""
     if any(not (math.isfinite(x) and x > 0) for runs in sessions for x in runs):
         raise ValueError("session values must be positive and finite")
     logs = [[math.log(x) for x in runs] for runs in sessions if len(runs) > 0]
@@ -52,7 +55,7 @@ def between_session_variance(sessions: Sequence[Sequence[float]]) -> tuple[float
     dfw = sum(len(r) - 1 for r in multi)
     within = ss / dfw if dfw > 0 else 0.0
     k_harmonic = len(logs) / sum(1 / len(r) for r in logs)
-    return max(var_means - within / k_harmonic, 0.0), len(logs) - 1
+    return max(var_means - within / k_harmonic, 0.0), var_means, len(logs) - 1
 
 
 def estimate_session_cv(tests: Sequence[Sequence[Sequence[float]]], confidence: float = 0.9) -> SessionNoise | None:
@@ -65,9 +68,9 @@ def estimate_session_cv(tests: Sequence[Sequence[Sequence[float]]], confidence: 
     parts = [p for p in (between_session_variance(t) for t in tests) if p is not None]
     if not parts:
         return None
-    df = sum(d for _, d in parts)
-    s2 = sum(v * d for v, d in parts) / df
-    upper = df * s2 / float(stats.chi2.ppf(1 - confidence, df))
-    n_sessions = sum(d + 1 for _, d in parts)
+    df = sum(d for _, _, d in parts)
+    s2 = sum(v * d for v, _, d in parts) / df
+    upper = sum(m * d for _, m, d in parts) / float(stats.chi2.ppf(1 - confidence, df))
+    n_sessions = sum(d + 1 for _, _, d in parts)
     return SessionNoise(estimate=math.sqrt(s2), upper=math.sqrt(upper), df=df, tests=len(parts),
                         sessions=n_sessions, confidence=confidence)

@@ -33,8 +33,16 @@ def test_scale_free_nonnegative_and_bounded_above(tests: list, scales: list[floa
 def test_sessions_that_repeat_each_other_show_no_session_noise(runs: list[list[float]]) -> None:
     """Every session the same runs (only run noise): nothing is left for the session effect."""
     sessions = [runs[0]] * len(runs)
-    between, df = between_session_variance(sessions)  # type: ignore[misc]
-    assert between == 0.0 and df == len(runs) - 1
+    between, means_var, df = between_session_variance(sessions)  # type: ignore[misc]
+    assert between == 0.0 and means_var == pytest.approx(0.0, abs=1e-12) and df == len(runs) - 1
+
+
+def test_run_noise_hiding_the_session_effect_leaves_an_honest_upper_bound() -> None:
+    """Session means 0.5% apart under 5% run noise: the estimate is 0, the upper bound is not (the means differ)."""
+    sessions = [[100.0, 110.0, 91.0], [100.5, 110.5, 91.5], [101.0, 111.0, 92.0]]
+    noise = estimate_session_cv([sessions])
+    assert noise is not None and noise.estimate == 0.0
+    assert 0.004 < noise.upper < 0.05
 
 
 def test_one_session_says_nothing() -> None:
@@ -82,7 +90,7 @@ def test_matches_the_rule_on_one_test() -> None:
     means = np.array([x.mean() for x in logs])
     # with the candidate equal to the grand mean and no prior, se^2 = between (1 + 1/J) + within (1/K + 1/(J K))
     _, se, _ = session_model(means, means.mean(), within, 6.0, 3.0, 3, session_cv=0.0)
-    between, _ = between_session_variance(sessions)  # type: ignore[misc]
+    between, _, _ = between_session_variance(sessions)  # type: ignore[misc]
     expected = between * (1 + 1 / 3) + within * (1 / 3 + 1 / 9)
     assert float(se) ** 2 == pytest.approx(expected, rel=1e-9)
     assert math.sqrt(between) == pytest.approx(estimate_session_cv([sessions]).estimate)  # type: ignore[union-attr]
