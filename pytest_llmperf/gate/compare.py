@@ -139,8 +139,10 @@ def verdict_table(verdicts: Sequence[Verdict]) -> str:
          v.runs_needed or ""]
         for v in verdicts
     ]  # fmt: skip
-    headers = ["verdict", "test", "metric", "baseline", "candidate", "change", "CI", "p", "alpha", "detects",
-               "K", "need K"]
+    # the values are medians of the runs; the change (and its CI) is the rule's: the candidate's geometric mean
+    # against the baseline sessions' (docs/regression.md), so the two need not agree when runs are skewed
+    headers = ["verdict", "test", "metric", "baseline median", "candidate median", "change (geo. mean)", "CI", "p",
+               "alpha", "detects", "K", "need K"]
     return tabulate(rows, headers=headers, floatfmt=".4g")
 
 
