@@ -284,12 +284,10 @@ def _exit_status(points: list[tuple[Any, list[Measured]]]) -> int:
     return 2 if len(failed) == len(records) else 0
 
 
-def prompt_length_note(points: list[tuple[Any, list[Measured]]]) -> str | None:
-    """The synthetic prompts' lengths as the server counted them (``usage.prompt_tokens``), when they miss the asked
-    ``--input-len``: the server's tokenizer is not the synthetic one, so the figures are for other lengths (the
-    pytest gate fails such a run; here the measurement stands, said once)."""
-    spec = points[0][0].input_spec
-    counts = [r.prompt_tokens for _, runs in points for m in runs for r in m.run.records if r.error is None]
+def prompt_length_note(spec: Any, counts: list[int]) -> str | None:
+    """The synthetic prompts' lengths as the server counted them (``usage.prompt_tokens`` of each successful
+    request), when they miss the asked ``--input-len``: the server's tokenizer is not the synthetic one, so the
+    figures are for other lengths (the pytest gate fails such a run; here the measurement stands, said once)."""
     wrong = sorted(c for c in counts if not spec.low_tokens <= c <= spec.high_tokens)
     if not wrong:
         return None
@@ -298,6 +296,18 @@ def prompt_length_note(points: list[tuple[Any, list[Measured]]]) -> str | None:
             f"{len(counts)} requests where --input-len {spec.to_spec()} was asked: its tokenizer is not the synthetic "
             f"one (prompts of t<id> words), so these figures are for those lengths; for exact lengths send the "
             f"model's own text with --dataset")
+
+
+def _prompt_counts(records: Any) -> list[int]:
+    return [r.prompt_tokens for r in records if r.error is None]
+
+
+def _warn_prompt_lengths(target: Target, spec: Any, counts: list[int], report: dict[str, Any]) -> None:
+    """Synthetic prompts only (a dataset's lengths are the server's by definition): the note, once."""
+    note = None if target.prompts is not None else prompt_length_note(spec, counts)
+    if note is not None:
+        report["notes"] = [note]
+        print(f"llmperf run: warning: {note}", file=sys.stderr)
 
 
 def _run_rates(args: argparse.Namespace, target: Target, base: Any) -> int:
@@ -318,10 +328,8 @@ def _run_rates(args: argparse.Namespace, target: Target, base: Any) -> int:
              for wl, runs in points]
     created = points[0][1][0].run.window.start_unix_s
     report = build_report(target, tests, created, last=(points[-1][0], points[-1][1][-1]))
-    note = None if target.prompts is not None else prompt_length_note(points)
-    if note is not None:
-        report["notes"] = [note]
-        print(f"llmperf run: warning: {note}", file=sys.stderr)
+    _warn_prompt_lengths(target, base.input_spec,
+                         [c for _, runs in points for m in runs for c in _prompt_counts(m.run.records)], report)
     _write(args, report)
     _print_runs(args, points, report, sweep)
     return _exit_status(points)
@@ -333,18 +341,26 @@ def _find_max_rate(args: argparse.Namespace, target: Target, base: Any) -> int:
 
     from pytest_llmperf.commands.run_sweep import (build_report, make_test, saturation_test_id, search_lines,
                                                    search_max_rate)
+    from pytest_llmperf.load.saturation import point_text
     from pytest_llmperf.report.server_tables import saturation_lines, saturation_tests
 
     workload = {**target.workload_dict(base), "saturation": {
         "variable": "request_rate", "start": args.start_rate, "limit": args.max_rate, "target": args.target,
         "rel_tol": args.rel_tol, "slo": {k: v for k, v in asdict(target.goodput).items() if v is not None}}}
-    runs, found = [], []
+    runs, found, counts = [], [], []
+
+    def on_point(point: Any, run: Any) -> None:  # live: a search point can take minutes at a low rate
+        counts.extend(_prompt_counts(run.records))
+        measured = {"load": point.load, "good": point.good, "total": point.total, "attainment": point.attainment}
+        print(f"  measured {point_text(measured, 'request_rate')} in {run.duration_s:.1f} s", file=sys.stderr,
+              flush=True)
+
     for k in range(args.repeats):
         print(f"saturation search {k + 1}/{args.repeats}: request rate {args.start_rate:g} to {args.max_rate:g} "
               f"req/s, target {args.target:.0%} of requests within the SLO")
         try:
             entry, result = search_max_rate(target, base, start=args.start_rate, limit=args.max_rate,
-                                            target_frac=args.target, rel_tol=args.rel_tol)
+                                            target_frac=args.target, rel_tol=args.rel_tol, on_point=on_point)
         except LoadAborted as exc:
             print(f"llmperf run: saturation search {k + 1}/{args.repeats} stopped: {exc}", file=sys.stderr)
             return 2
@@ -352,7 +368,9 @@ def _find_max_rate(args: argparse.Namespace, target: Target, base: Any) -> int:
         runs.append({**entry, "run_index": k})
         found.append(result.max_load)
     test = make_test(target, saturation_test_id(target, base, args.target), workload, runs)
-    _write(args, build_report(target, [test], runs[0]["window"]["start_unix_s"]))
+    report = build_report(target, [test], runs[0]["window"]["start_unix_s"])
+    _warn_prompt_lengths(target, base.input_spec, counts, report)
+    _write(args, report)
     if args.json is not None:
         print(f"wrote {args.json}")
     if any(x is None for x in found):

@@ -192,13 +192,15 @@ def server_line(m: Measured) -> str | None:
 
 
 def search_max_rate(target: Target, workload: Any, *, start: float, limit: float, target_frac: float,
-                    rel_tol: float) -> tuple[dict[str, Any], Any]:
+                    rel_tol: float, on_point: Callable[[Any, Any], None] | None = None) -> tuple[dict[str, Any], Any]:
     """One saturation search over the request rate: (its run entry for the results file, the SaturationResult).
-    Raises LoadAborted / UsageError as :func:`~pytest_llmperf.load.saturation.find_max_load` does."""
+    ``on_point(point, run)`` sees each measurement as it is made. Raises LoadAborted / UsageError as
+    :func:`~pytest_llmperf.load.saturation.find_max_load` does."""
     from pytest_llmperf.load.saturation import endpoint_measure, find_max_load
 
     measure = endpoint_measure(target.endpoint, target.model, workload, target.goodput, variable="request_rate",
-                               prompts=target.prompts, chat=target.chat, vocab_size=target.vocab_size)
+                               prompts=target.prompts, chat=target.chat, vocab_size=target.vocab_size,
+                               on_point=on_point)
     t0 = time.time()
     result = find_max_load(measure, start=start, limit=limit, target=target_frac, rel_tol=rel_tol)
     entry = {"run_index": 0, "window": {"start_unix_s": t0, "end_unix_s": time.time()},
@@ -207,7 +209,8 @@ def search_max_rate(target: Target, workload: Any, *, start: float, limit: float
 
 
 def search_lines(result: Any) -> list[str]:
-    """Each measured point of a search and its answer, worded as in the pytest progress and the reports."""
+    """Each measured point of a search (as the search kept it: retries pooled) and its answer, worded as in the
+    pytest progress and the reports."""
     from pytest_llmperf.load.saturation import point_text, search_text
 
     search = result.to_dict()

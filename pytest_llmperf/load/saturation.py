@@ -271,9 +271,11 @@ def find_max_load(
 
 def endpoint_measure(endpoint: str, model: str, workload: Workload, limits: GoodputLimits, *,
                      variable: str = "request_rate", prompts: Sequence[PromptLike] | None = None,
-                     chat: bool = False, vocab_size: int = 32000) -> MeasureFn:
+                     chat: bool = False, vocab_size: int = 32000,
+                     on_point: Callable[[LoadPoint, Any], None] | None = None) -> MeasureFn:
     """A ``measure`` callback that runs ``workload`` at the given request rate (its concurrency stays the cap
-    on requests in flight) or concurrency (closed loop) and counts the requests meeting ``limits``."""
+    on requests in flight) or concurrency (closed loop) and counts the requests meeting ``limits``.
+    ``on_point(point, run)`` sees each measurement as it is made (live progress, the run's records)."""
     from pytest_llmperf.load.arrivals import achieved_send_rate_req_s
     from pytest_llmperf.load.runner import run_load
 
@@ -290,6 +292,9 @@ def endpoint_measure(endpoint: str, model: str, workload: Workload, limits: Good
         run = run_load(endpoint, model, w, prompts=prompts, chat=chat, vocab_size=vocab_size)
         achieved = achieved_send_rate_req_s([r.start_s for r in run.records])
         extra = (("achieved_rate_req_s", achieved),) if achieved is not None else ()
-        return LoadPoint(float(load), count_good(run.records, limits), len(run.records), extra=extra)
+        point = LoadPoint(float(load), count_good(run.records, limits), len(run.records), extra=extra)
+        if on_point is not None:
+            on_point(point, run)
+        return point
 
     return measure

@@ -116,7 +116,7 @@ def test_find_max_rate_writes_the_answer(tmp_path: Path, capsys: pytest.CaptureF
         code = _run(srv.endpoint, "--concurrency", "16", "--num-requests", "10", "--input-len", "8", "--output-len",
                     "4", "--find-max-rate", "--slo", "ttft_ms=100", "--start-rate", "8", "--max-rate", "256",
                     "--rel-tol", "0.5", "--repeats", "2", "--json", str(out))
-    stdout = capsys.readouterr().out
+    stdout, err = capsys.readouterr()
     assert code == 0, stdout
     (test,) = read_results(out)["tests"]
     assert test["test_id"] == f"llmperf-run::find_max_rate[{MODEL}-c16-in8-out4-slo-ttft100-t0.9]"
@@ -129,8 +129,10 @@ def test_find_max_rate_writes_the_answer(tmp_path: Path, capsys: pytest.CaptureF
         assert run["summary"]["max_rate_at_slo_req_s"] == found["max_load"]
         assert run["summary"]["slo_attainment_at_max"] >= 0.9
         assert len(found["points"]) >= 2 and f"max request rate {found['max_load']:g} req/s at SLO" in stdout
-    # every point measured is shown live, then the median of the searches as the reports word it
+    # every point is shown live on stderr as it is measured, each search's points and answer on stdout, then the
+    # median of the searches as the reports word it
     assert stdout.count("within the SLO (") == sum(len(r["metrics"]["points"]) for r in test["runs"])
+    assert err.count("  measured request rate ") >= stdout.count("within the SLO (") and "warning" not in err
     maxima = [r["metrics"]["max_load"] for r in test["runs"]]
     assert stdout.rstrip().endswith(f"max request rate at SLO: {sum(maxima) / 2:g} req/s (median of 2 searches: "
                                     f"{maxima[0]:g}, {maxima[1]:g})"), stdout
@@ -203,6 +205,17 @@ def test_server_metrics_off_or_absent(tmp_path: Path, capsys: pytest.CaptureFixt
     else:
         assert run["server"]["available"] is False and "HTTP 404" in run["server"]["reason"]
         assert f"{expected}: GET " in stdout
+
+
+def test_a_search_with_synthetic_prompts_the_server_counts_otherwise_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "max.json"
+    with scripted_server(ttft_s=0.002, itl_s=0.001, prompt_tokens_per_word=3.0) as srv:
+        assert _run(srv.endpoint, *SHORT, "--find-max-rate", "--slo", "ttft_ms=5000", "--start-rate", "8",
+                    "--max-rate", "16", "--json", str(out)) == 0
+    err = capsys.readouterr().err
+    assert err.count("llmperf run: warning: the server counted 24 prompt tokens") == 1, err
+    assert (read_results(out).get("notes") or [""])[0].startswith("the server counted 24 prompt tokens")
 
 
 @pytest.mark.parametrize("per_word", [1.0, 3.0])
