@@ -97,7 +97,12 @@ def parse_session_cv(text: str) -> SessionCV:
         raise argparse.ArgumentTypeError("expected a number >= 0 and/or METRIC=NUMBER pairs, e.g. 0.05,tpot_p50_ms=0.01")
     for part in parts:
         metric, sep, value = part.rpartition("=")
-        number = _parse_number(value, float, low=0.0, inclusive=True, what=f"a number >= 0 in {part!r}")
+        scale = 100.0 if value.endswith("%") else 1.0  # 5% like --llmperf-tolerance
+        number = _parse_number(value.removesuffix("%"), float, low=0.0, inclusive=True,
+                               what=f"a number >= 0 in {part!r}") / scale
+        if number > 1:  # a std of logs: 1 is a factor of e (2.7x) between sessions
+            raise argparse.ArgumentTypeError(f"{part!r}: a session prior is a std of logs (0.05 = about 5% between "
+                                             f"sessions); above 1 is not a prior")
         if not sep:
             if default is not None:
                 raise argparse.ArgumentTypeError(f"two values for every metric in {text!r}: give one, and "
@@ -105,6 +110,8 @@ def parse_session_cv(text: str) -> SessionCV:
             default = float(number)
             continue
         (name,) = parse_metric_list(metric)
+        if name in per_metric:
+            raise argparse.ArgumentTypeError(f"{name} is given twice in {text!r}")
         per_metric[name] = float(number)
     return SessionCV(default, tuple(sorted(per_metric.items())))
 

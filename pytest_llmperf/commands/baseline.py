@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     for t in report.new_tests:
         print(f"new baseline: {t}")
     for t in report.stale:
-        print(f"stale baseline (test no longer in the results): {t}")
+        print(f"not in these results (kept; stale if the test was removed): {t}")
     print(report.message)
     return 1 if report.refused or report.not_recorded else 0
 
@@ -135,8 +135,9 @@ def noise_main(args: argparse.Namespace) -> int:
         settings = GateSettings.from_config(config_for_backend(backend, "."))
         metrics = sorted({m for b in baselines if b.runs for m in settings.metrics_for(b.runs[0])})
         rows = session_noise_rows(baselines, metrics, args.confidence)
-        level = f"{args.confidence:.0%}"
-        print(f"{Path(args.baseline_dir) / hardware_id}: {len(baselines)} baselines; prior now "
+        level = f"{args.confidence * 100:.4g}%"  # 0.999 is 99.9%, not 100%
+        print(f"{Path(args.baseline_dir) / hardware_id}: {len(baselines)} baseline{'s' if len(baselines) != 1 else ''}; "
+              f"prior now "
               f"{settings.session_cv:g} for every metric")
         body = [[m, n.tests, n.sessions, n.df, f"{n.estimate:.2%}", f"{n.upper:.2%}"] if n else
                 [m, 0, "-", 0, "-", "-"] for m, n in rows]

@@ -204,6 +204,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--find-max-rate needs --slo with a per-request limit, e.g. --slo ttft_ms=500,tpot_ms=50")
     if args.find_max_rate and args.start_rate > args.max_rate:
         raise UsageError(f"--start-rate {args.start_rate:g} is above --max-rate {args.max_rate:g}")
+    if args.json is not None:  # a long search must not end in "cannot write"
+        import os
+
+        path = Path(args.json)
+        if path.is_dir():
+            raise UsageError(f"--json {path}: is a folder; give a file name, e.g. {path / 'results.json'}")
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"--json {path}: cannot write under {folder}")
 
 
 def _target(args: argparse.Namespace, workload: Any) -> Target:

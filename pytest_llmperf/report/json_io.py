@@ -162,13 +162,14 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_text(path: Path) -> str:
-    """The file's text; ``*.gz`` files are gunzipped (the study's recorded sessions are kept compressed)."""
-    if path.suffix == ".gz":
+    """The file's text; gzip files (``*.gz``, or any name that holds gzip data) are gunzipped (the study's recorded
+    sessions are kept compressed)."""
+    data = path.read_bytes()
+    if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
         import gzip
 
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            return fh.read()
-    return path.read_text(encoding="utf-8")
+        data = gzip.decompress(data)
+    return data.decode("utf-8")
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -298,8 +299,9 @@ def results_from_document(data: Any, path: str | os.PathLike[str] = "<results>")
             return validate_results(results_from_run_report(data, p), p)
     except BaselineError as exc:
         raise UsageError(str(exc)) from None
-    raise UsageError(f"{p}: neither a results file (pytest --llmperf-results, llmperf run --json) nor an "
-                     f"llmperf run --json document")
+    raise UsageError(f"{p}: not a results file: expected the one pytest --llmperf-results or llmperf run --json "
+                     f"writes (key 'schema_version'), or an older llmperf run --json document (keys 'metrics', "
+                     f"'workload', 'model')")
 
 
 def load_results_any(path: str | os.PathLike[str]) -> dict[str, Any]:

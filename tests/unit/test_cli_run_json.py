@@ -105,8 +105,13 @@ def test_old_run_json_is_converted(two_files: tuple[Path, Path], tmp_path: Path,
     assert cli.main(["compare", str(path), str(a)]) in (0, 1, 2)  # read (one run: judged INCONCLUSIVE at most)
     assert "error" not in capsys.readouterr().err
     path.write_text(json.dumps({"runs": []}))
-    with pytest.raises(UsageError, match="old.json: neither a results file"):
+    with pytest.raises(UsageError, match="old.json: not a results file: expected the one pytest"):
         load_results_any(path)
+    import gzip
+
+    zipped = tmp_path / "zipped.json"  # gzip data under a plain .json name (a renamed or downloaded file)
+    zipped.write_bytes(gzip.compress(a.read_bytes()))
+    assert load_results_any(zipped)["tests"][0]["test_id"] == raw["tests"][0]["test_id"]
 
 
 def test_stalled_endpoint_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -235,3 +235,14 @@ def test_synthetic_prompts_the_server_counts_otherwise_are_said(per_word: float,
             "its tokenizer is not the synthetic one")
     assert err.count("llmperf run: warning: ") == 1 and note in err, err
     assert len(notes) == 1 and notes[0].startswith(note)
+
+
+def test_an_unwritable_json_path_is_refused_before_anything_is_sent(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Port 1 refuses connections: these fail on the path, before the endpoint is asked anything."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for path, why in ((tmp_path, "is a folder; give a file name"), (blocker / "r.json", f"cannot write under {blocker}")):
+        assert _run("http://127.0.0.1:1/v1", *SHORT, "--json", str(path)) == 2
+        err = capsys.readouterr().err
+        assert why in err and "unreachable" not in err.lower(), err

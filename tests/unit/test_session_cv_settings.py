@@ -25,7 +25,9 @@ def test_the_option_takes_a_default_and_metric_pairs() -> None:
     assert parse_session_cv("0.05") == SessionCV(0.05, ())
     assert parse_session_cv("ttft_p95_ms=0.2, 0.03,tpot_p50_ms=0") == SessionCV(
         0.03, (("tpot_p50_ms", 0.0), ("ttft_p95_ms", 0.2)))
+    assert parse_session_cv("5%,tpot_p50_ms=1.5%") == SessionCV(0.05, (("tpot_p50_ms", 0.015),))
     for bad, why in (("0.1,0.2", "two values for every metric"), ("nope_ms=0.1", "nope_ms"),
+                     ("1.5", "above 1 is not a prior"), ("tpot_p50_ms=0.1,tpot_p50_ms=0.2", "given twice"),
                      ("tpot_p50_ms=-1", "a number >= 0 in 'tpot_p50_ms=-1'"), ("", "METRIC=NUMBER")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             parse_session_cv(bad)
