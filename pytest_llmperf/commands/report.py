@@ -64,6 +64,9 @@ def main(args: argparse.Namespace) -> int:
     text += "".join(f"plot {name}: not drawn: {why}\n" for name, why in files.plot_notes.items())
     text += "".join(f"plot {name}: {path}\n" for name, path in files.plots.items())
     text += "".join(f"{line}\n" for line in files.messages)
+    if results.get("verdicts"):
+        text += ("verdicts: as judged when the session ran; against the baselines as they are now: "
+                 "llmperf baseline update RESULTS.json --dry-run\n")
     sys.stdout.write(text)
     if args.asv:
         from pytest_llmperf.report.asv_export import export_asv

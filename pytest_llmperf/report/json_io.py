@@ -184,7 +184,9 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["tests"] = _tests_labelled(parts)
     merged["telemetry_traces"] = {k: v for p in parts for k, v in (p.get("telemetry_traces") or {}).items()}
     starts = [s for p in parts for s in (p.get("header") or {}).get("engine_starts") or []]
-    merged["header"] = {**parts[0]["header"], "engine_starts": starts}
+    merged["header"] = {**parts[0]["header"], "engine_starts": starts, "merged_sessions": len(parts)}
+    if len({str((p.get("header") or {}).get("record_command")) for p in parts}) > 1:
+        merged["header"].pop("record_command", None)  # each session had its own: none speaks for all the tests
     return merged
 
 

@@ -188,6 +188,10 @@ def no_baseline_line(results: dict[str, Any], n_tests: int, quote: str = "") -> 
     commands: a backtick for Markdown)."""
     header = results.get("header") or {}
     where = f" in {header['baseline_dir']}/" if header.get("baseline_dir") else ""
+    if int(header.get("merged_sessions") or 1) > 1:  # several sessions, machines or links: one line cannot name them
+        return (f"NO_BASELINE: {n_tests} test{'s' if n_tests != 1 else ''} of these {header['merged_sessions']} "
+                f"sessions had no baseline when they ran; record each session's with the command it was run with plus "
+                f"--llmperf-update-baselines (or: {quote}llmperf baseline update RESULTS.json{quote} for each file)")
     command = runnable_command(header.get("record_command") or "pytest <the same arguments> --llmperf-update-baselines")
     machine = _hardware_id(results)
     return (f"NO_BASELINE: no baseline for this machine{f' ({machine})' if machine else ''}{where} "

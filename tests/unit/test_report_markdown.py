@@ -90,8 +90,12 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"throughput.png", "ttft_p95.png",
                                                                   "tpot_p50.png", "power.png"}
     assert (tmp_path / "asv" / "results" / "h200x2-pcie-emu" / f"{'b' * 8}-llmperf-gpu-pcie.json").is_file()
+    capsys.readouterr()
     args = parser.parse_args(["report", str(SAMPLE), "--out", str(tmp_path / "o2"), "--no-plots", "--no-gate"])
     assert args.func(args) == 0
+    # stored verdicts are shown as what they are, with the command that judges the runs against today's baselines
+    assert capsys.readouterr().out.endswith("verdicts: as judged when the session ran; against the baselines as they "
+                                            "are now: llmperf baseline update RESULTS.json --dry-run\n")
     # the second writer in the same job replaced the block: the summary is there once
     assert summary.read_text().count("LLM performance: FAIL") == 1
     assert summary.read_text().startswith("earlier step\n")

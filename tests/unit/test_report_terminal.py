@@ -143,6 +143,20 @@ def test_no_baseline_once_with_command(cpu: dict) -> None:
             "--llmperf-update-baselines (or:") in shown
 
 
+def test_merged_sessions_do_not_borrow_one_sessions_command(cpu: dict) -> None:
+    """Several sessions (links, machines): no one session's command or machine speaks for all their tests (the
+    same 4 test ids in both parts count once)."""
+    from pytest_llmperf.report.json_io import merge_results
+
+    other = copy.deepcopy(cpu)
+    cpu["header"]["record_command"] = "pytest perf_tests -m pcie --llmperf-update-baselines"
+    other["header"]["record_command"] = "pytest perf_tests -m nvlink --llmperf-update-baselines"
+    lines = [ln for ln in render_terminal(merge_results([cpu, other])).splitlines() if ln.startswith("NO_BASELINE")]
+    assert lines == ["NO_BASELINE: 4 tests of these 2 sessions had no baseline when they ran; record each session's "
+                     "with the command it was run with plus --llmperf-update-baselines (or: llmperf baseline update "
+                     "RESULTS.json for each file)"]
+
+
 def test_engine_starts_rate_and_endpoint(cpu: dict) -> None:
     text = render_terminal(cpu)
     assert "engine starts: single 58.4 s, tp2 66.1 s" in text.splitlines()[1]
