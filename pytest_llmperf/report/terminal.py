@@ -458,7 +458,7 @@ def render_terminal(results: dict[str, Any]) -> str:
         parts += ["", block]
     seed = _seed_table(results)
     if seed is not None:
-        parts += ["", "seed study: modes side by side (* = winner: lowest TTFT p95 / TPOT p50, highest out tok/s)",
+        parts += ["", "modes side by side (* = winner: lowest TTFT p95 / TPOT p50, highest out tok/s)",
                   seed]
     if _any_not_measurable(results):
         parts += ["", NOT_MEASURABLE_NOTE]
