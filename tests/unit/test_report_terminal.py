@@ -49,7 +49,7 @@ def test_verdicts_come_first_in_order(sample: dict) -> None:
     text = render_terminal(sample)
     pos = [text.index(f"\n{state} ") for state in ("FAIL", "INCONCLUSIVE", "NO_BASELINE", "MISMATCH", "SKIPPED")]
     assert pos == sorted(pos)
-    assert pos[-1] < text.index("test_pcie_sweep (median of K runs)") < text.index("seed study")
+    assert pos[-1] < text.index("test_pcie_sweep (median of K runs)") < text.index("modes side by side")
     assert "verdicts: 2 FAIL, 1 INCONCLUSIVE, 3 NO_BASELINE, 1 MISMATCH, 1 SKIPPED, 27 PASS -> FAIL" in text
     assert "PASS ttft" not in text  # PASS is only counted
 
