@@ -124,7 +124,22 @@ def spec_for(item: Any, cfg: LLMPerfConfig, topology: Topology) -> EngineSpec | 
 
 
 def skip_reason(item: Any, spec: EngineSpec, cfg: LLMPerfConfig, topology: Topology) -> str | None:
-    """Why this machine cannot run ``item`` (None: it can)."""
+    """Why this machine cannot run ``item`` (None: it can), then why the model cannot be split ``tp`` ways: a
+    TP size that does not divide a preset's attention heads is named at collection, not after an engine start."""
+    return _machine_reason(item, spec, cfg, topology) or _split_reason(spec, cfg)
+
+
+def _split_reason(spec: EngineSpec, cfg: LLMPerfConfig) -> str | None:
+    from pytest_llmperf.models.arch import preset_arch
+    from pytest_llmperf.models.presets import PRESETS
+
+    if cfg.endpoint or spec.tp <= 1 or cfg.model not in PRESETS:  # a model path: vLLM judges it
+        return None
+    problem = preset_arch(cfg.model).tp_problem(spec.tp)
+    return f"{spec.label}: model {cfg.model}: {problem}" if problem else None
+
+
+def _machine_reason(item: Any, spec: EngineSpec, cfg: LLMPerfConfig, topology: Topology) -> str | None:
     if cfg.endpoint:
         if spec.world_size > 1:  # every item would hit the same server, whatever its mode
             return (f"{spec.label}: endpoint mode measures the server as it is configured; run tp/pp/dp tests "

@@ -164,6 +164,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--gpus must be >= 2 for --what-if, got {args.gpus}")
     if not args.what_if and (args.tp < 1 or args.pp < 1 or args.tp * args.pp < 2):
         raise UsageError("give --tp N or --pp N (N >= 2), or --what-if")
+    problem = arch.tp_problem(args.gpus if args.what_if else args.tp)
+    if problem is not None:
+        raise UsageError(f"model {args.model or compute.model}: {problem}")
     overhead = _overhead(args, arch, compute, points)
     concurrencies = args.concurrency or compute.concurrencies
     out.write(f"single-GPU compute: {compute.model or 'model'} on {compute.gpu_model or 'GPU'}, "

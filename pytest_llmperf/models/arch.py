@@ -46,6 +46,18 @@ class ArchFacts:
         """The weights one decode step of one sequence reads: all of a dense model's, the routed experts' of a MoE."""
         return (self.active_params or self.params) * _dtype_bytes(dtype)
 
+    def tp_problem(self, tp: int) -> str | None:
+        """Why vLLM cannot split this model ``tp`` ways (its attention heads must divide evenly; KV heads divide or
+        are replicated), or None when it can."""
+        def splits(t: int) -> bool:
+            return self.heads % t == 0 and (self.kv_heads % t == 0 or t % self.kv_heads == 0)
+
+        if tp <= 1 or splits(tp):
+            return None
+        fits = [t for t in range(2, 17) if splits(t)]
+        return (f"TP={tp} does not split the model's {self.heads} attention heads / {self.kv_heads} KV heads evenly "
+                f"(vLLM refuses it); TP sizes that do: {', '.join(map(str, fits)) or 'none up to 16'}")
+
     def kv_bytes_per_token(self, dtype: str = "bfloat16") -> int:
         """Keys and values of one token over all layers."""
         return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[dtype]

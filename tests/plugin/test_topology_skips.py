@@ -96,6 +96,25 @@ def test_tp_beyond_cores_on_cpu_is_skipped_naming_the_cores(inner: pytest.Pytest
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_big.py:*: tp64 needs 64 cores on the CPU backend; * usable"])
 
 
+def test_a_tp_size_that_cannot_split_the_model_is_skipped_naming_the_sizes_that_can(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_split=dedent("""
+        import pytest
+
+        @pytest.mark.tp(3)
+        def test_tp3(llmperf_engine):
+            pass
+
+        @pytest.mark.tp(4)
+        def test_tp4(llmperf_engine):
+            pass
+    """))
+    result = run(inner, "4xH200:nvlink", "test_split.py", "--llmperf-model", "deepseek-r1-distill-qwen-14b")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_split.py:*: tp3: model deepseek-r1-distill-qwen-14b: TP=3 does "
+                                 "not split the model's 40 attention heads / 8 KV heads evenly (vLLM refuses it); "
+                                 "TP sizes that do: 2, 4, 8"])
+
+
 def test_one_gpu_skips_two_gpu_modes(inner: pytest.Pytester) -> None:
     result = run(inner, "1xA6000")
     result.assert_outcomes(passed=3, skipped=4)

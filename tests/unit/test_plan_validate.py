@@ -86,6 +86,9 @@ def test_cli_names_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path)
         _run(capsys, *map(str, DATA), "--tp", "2", "--calibrate", "nvlink4")
     with pytest.raises(UsageError, match="unknown preset 'nope'"):
         _run(capsys, single, "--tp", "2", "--model", "nope")
+    with pytest.raises(UsageError, match=r"TP=3 does not split the model's 40 attention heads / 8 KV heads evenly "
+                                         r"\(vLLM refuses it\); TP sizes that do: 2, 4, 8"):
+        _run(capsys, single, "--tp", "3")
     bad = tmp_path / "x.json.gz"
     bad.write_bytes(b"not gzip")
     with pytest.raises(UsageError, match="x.json.gz: cannot read: Not a gzipped file"):
