@@ -136,14 +136,15 @@ def noise_main(args: argparse.Namespace) -> int:
         metrics = sorted({m for b in baselines if b.runs for m in settings.metrics_for(b.runs[0])})
         rows = session_noise_rows(baselines, metrics, args.confidence)
         level = f"{args.confidence * 100:.4g}%"  # 0.999 is 99.9%, not 100%
+        own = ", ".join(f"{m} {cv:g}" for m, cv in settings.session_cv_metrics)
         print(f"{Path(args.baseline_dir) / hardware_id}: {len(baselines)} baseline{'s' if len(baselines) != 1 else ''}; "
-              f"prior now "
-              f"{settings.session_cv:g} for every metric")
+              f"prior now {settings.session_cv:g}" + (f", {own}" if own else " for every metric"))
         body = [[m, n.tests, n.sessions, n.df, f"{n.estimate:.2%}", f"{n.upper:.2%}"] if n else
                 [m, 0, "-", 0, "-", "-"] for m, n in rows]
         print(tabulate(body, headers=["metric", "tests", "sessions", "df", "session CV", f"{level} upper"],
                        colalign=("left", "right", "right", "right", "right", "right")))
-        chosen = [(m, max(n.upper, MIN_SUGGESTED_CV)) for m, n in rows if n is not None and n.df >= MIN_NOISE_DF]
+        chosen = [(m, min(max(n.upper, MIN_SUGGESTED_CV), 1.0)) for m, n in rows  # the option takes 0.005 .. 1
+                  if n is not None and n.df >= MIN_NOISE_DF]
         if chosen:
             print(f"measured priors ({level} upper bounds; metrics under {MIN_NOISE_DF} degrees of freedom keep "
                   f"{settings.session_cv:g}):\n  --llmperf-session-cv "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,17 @@ def test_plain_text(rst: str, plain: str) -> None:
 def test_baseline_update_help_names_real_options() -> None:
     text = dict(_parsers(cli.build_parser()))["llmperf baseline update"].format_help()
     assert "--llmperf-json" not in text
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path: Path) -> None:
+    """``llmperf report ... | head``: the pipe closes before the report is written; no traceback, exit 141."""
+    import subprocess
+    import sys
+
+    data = Path(__file__).parents[2] / "docs" / "gpu-results" / "data" / "results-single.json.gz"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_llmperf.cli", "report", str(data), "--no-plots", "--out",
+                             str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line (reading the file takes the child longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
