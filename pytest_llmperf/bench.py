@@ -270,11 +270,18 @@ class Bench:
         ctx.record(self.result, {}, [])
         ctx.progress(f"{self.test_id}: saturation search over {variable} from {start:g} to {limit:g} "
                      f"(target {target:.0%} of requests within the SLO)")
+        search_k = [0]
+
+        def on_point(point: Any, _run: Any) -> None:  # live: a point at a low rate takes minutes
+            measured = {"load": point.load, "good": point.good, "total": point.total, "attainment": point.attainment}
+            ctx.progress(f"{self.test_id}: search {search_k[0] + 1}: {point_text(measured, variable)}")
+
         measure = endpoint_measure(self.server.endpoint, self.server.served_model_name, base, goodput,
                                    variable=variable, prompts=prompts, chat=ctx.cfg.api == "chat",
-                                   vocab_size=self.server.plan.model_paths.vocab_size or 32000)
+                                   vocab_size=self.server.plan.model_paths.vocab_size or 32000, on_point=on_point)
         found: list[SaturationResult] = []
         for k in range(repeats if repeats is not None else self.settings.repeats):
+            search_k[0] = k
             t0 = time.time()
             try:
                 result = find_max_load(measure, start=start, limit=limit, target=target, rel_tol=rel_tol,
@@ -284,10 +291,7 @@ class Bench:
                 self.server.check_alive()
                 pytest.fail(f"{self.test_id}: saturation search: {exc}", pytrace=False)
             self.result.runs.append(RunResult(k, LoadWindow(t0, time.time()), result.summary(), result.to_dict()))
-            search = result.to_dict()
-            for p in search["points"]:
-                ctx.progress(f"{self.test_id}: search {k + 1}: {point_text(p, variable)}")
-            ctx.note(f"{self.test_id}: saturation search {k + 1}: {search_text(search)}")
+            ctx.note(f"{self.test_id}: saturation search {k + 1}: {search_text(result.to_dict())}")
             if result.max_load is None:
                 pytest.fail(f"{self.test_id}: saturation search: {result.reason}", pytrace=False)
             found.append(result)

@@ -117,6 +117,9 @@ class Baseline:
         if not isinstance(d, dict):
             raise BaselineError(f"{source}: top level must be a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
+        if "schema_version" not in d:
+            raise BaselineError(f"{source}: field 'schema_version' is missing (not a pytest-llmperf baseline file, "
+                                f"or one cut short)")
         if isinstance(version, bool) or not isinstance(version, int):
             raise bad("schema_version", "must be an integer", version)
         if version > BASELINE_SCHEMA_VERSION:

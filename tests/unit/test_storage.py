@@ -68,6 +68,8 @@ def test_golden_valid_baseline_loads_and_round_trips(tmp_path: Path) -> None:
         ("newer_schema.json", "{path}: field 'schema_version' is 2, written by a newer pytest-llmperf "
                               "(this one reads up to 1); upgrade pytest-llmperf"),
         ("corrupt.json", "{path}: not valid JSON (line 3, column 1: Expecting property name enclosed in double quotes)"),
+        ("missing_schema.json", "{path}: field 'schema_version' is missing (not a pytest-llmperf baseline file, or "
+                                "one cut short)"),
     ],
 )  # fmt: skip
 def test_golden_errors_name_file_and_field(tmp_path: Path, name: str, expected: str) -> None:
