@@ -113,6 +113,9 @@ def _add_slo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-rate", type=_positive_float, default=1.0, help="--find-max-rate: first rate (default 1)")
     p.add_argument("--max-rate", type=_positive_float, default=64.0,
                    help="--find-max-rate: highest rate tried (default 64)")
+    p.add_argument("--min-rate", type=_positive_float, default=None,
+                   help="--find-max-rate: lowest rate tried when --start-rate already misses (default: a sixteenth "
+                        "of --start-rate; a point takes --num-requests / rate seconds)")
     p.add_argument("--rel-tol", type=_positive_float, default=0.1,
                    help="--find-max-rate: stop bisecting when the bracket is this narrow, relative (default 0.1)")
 
@@ -204,6 +207,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--find-max-rate needs --slo with a per-request limit, e.g. --slo ttft_ms=500,tpot_ms=50")
     if args.find_max_rate and args.start_rate > args.max_rate:
         raise UsageError(f"--start-rate {args.start_rate:g} is above --max-rate {args.max_rate:g}")
+    if args.find_max_rate and args.min_rate is not None and args.min_rate > args.start_rate:
+        raise UsageError(f"--min-rate {args.min_rate:g} is above --start-rate {args.start_rate:g}")
     if args.json is not None:  # a long search must not end in "cannot write"
         import os
 
@@ -369,7 +374,8 @@ def _find_max_rate(args: argparse.Namespace, target: Target, base: Any) -> int:
               f"req/s, target {args.target:.0%} of requests within the SLO")
         try:
             entry, result = search_max_rate(target, base, start=args.start_rate, limit=args.max_rate,
-                                            target_frac=args.target, rel_tol=args.rel_tol, on_point=on_point)
+                                            target_frac=args.target, rel_tol=args.rel_tol, on_point=on_point,
+                                            min_rate=args.min_rate)
         except LoadAborted as exc:
             print(f"llmperf run: saturation search {k + 1}/{args.repeats} stopped: {exc}", file=sys.stderr)
             return 2

@@ -192,7 +192,8 @@ def server_line(m: Measured) -> str | None:
 
 
 def search_max_rate(target: Target, workload: Any, *, start: float, limit: float, target_frac: float,
-                    rel_tol: float, on_point: Callable[[Any, Any], None] | None = None) -> tuple[dict[str, Any], Any]:
+                    rel_tol: float, on_point: Callable[[Any, Any], None] | None = None,
+                    min_rate: float | None = None) -> tuple[dict[str, Any], Any]:
     """One saturation search over the request rate: (its run entry for the results file, the SaturationResult).
     ``on_point(point, run)`` sees each measurement as it is made. Raises LoadAborted / UsageError as
     :func:`~pytest_llmperf.load.saturation.find_max_load` does."""
@@ -202,7 +203,7 @@ def search_max_rate(target: Target, workload: Any, *, start: float, limit: float
                                prompts=target.prompts, chat=target.chat, vocab_size=target.vocab_size,
                                on_point=on_point)
     t0 = time.time()
-    result = find_max_load(measure, start=start, limit=limit, target=target_frac, rel_tol=rel_tol)
+    result = find_max_load(measure, start=start, limit=limit, target=target_frac, rel_tol=rel_tol, min_load=min_rate)
     entry = {"run_index": 0, "window": {"start_unix_s": t0, "end_unix_s": time.time()},
              "summary": result.summary(), "metrics": result.to_dict(), "power": None, "requests": [], "server": None}
     return entry, result

@@ -143,12 +143,16 @@ def test_find_max_rate_with_no_rate_meeting_the_slo_exits_1(tmp_path: Path,
     out = tmp_path / "r.json"
     with scripted_server(ttft_s=0.02, itl_s=0.01) as srv:  # a 20 ms first token never meets a 1 ms limit
         code = _run(srv.endpoint, "--num-requests", "2", "--input-len", "4", "--output-len", "2", "--find-max-rate",
-                    "--slo", "ttft_ms=1", "--start-rate", "64", "--max-rate", "64", "--json", str(out))
+                    "--slo", "ttft_ms=1", "--start-rate", "64", "--max-rate", "64", "--min-rate", "16",
+                    "--json", str(out))
     assert code == 1
     assert "no request rate from 64 req/s up met 90% SLO attainment" in capsys.readouterr().err
     (run,) = read_results(out)["tests"][0]["runs"]
     assert run["summary"] == {} and run["metrics"]["max_load"] is None
     assert [p["good"] for p in run["metrics"]["points"]] == [0] * len(run["metrics"]["points"])
+    assert min(p["load"] for p in run["metrics"]["points"]) == 16  # halved down to --min-rate, not below
+    assert _run(srv.endpoint, "--find-max-rate", "--slo", "ttft_ms=1", "--start-rate", "4", "--min-rate", "8") == 2
+    assert "--min-rate 8 is above --start-rate 4" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("server, message", [
