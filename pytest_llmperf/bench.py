@@ -270,18 +270,14 @@ class Bench:
         ctx.record(self.result, {}, [])
         ctx.progress(f"{self.test_id}: saturation search over {variable} from {start:g} to {limit:g} "
                      f"(target {target:.0%} of requests within the SLO)")
-        search_k = [0]
-
-        def on_point(point: Any, _run: Any) -> None:  # live: a point at a low rate takes minutes
-            measured = {"load": point.load, "good": point.good, "total": point.total, "attainment": point.attainment}
-            ctx.progress(f"{self.test_id}: search {search_k[0] + 1}: {point_text(measured, variable)}")
+        def on_point(point: Any, _run: Any) -> None:  # live (a low rate takes minutes); k: the search below
+            ctx.progress(f"{self.test_id}: search {k + 1}: {point_text(point.to_dict(), variable)}")
 
         measure = endpoint_measure(self.server.endpoint, self.server.served_model_name, base, goodput,
                                    variable=variable, prompts=prompts, chat=ctx.cfg.api == "chat",
                                    vocab_size=self.server.plan.model_paths.vocab_size or 32000, on_point=on_point)
         found: list[SaturationResult] = []
         for k in range(repeats if repeats is not None else self.settings.repeats):
-            search_k[0] = k
             t0 = time.time()
             try:
                 result = find_max_load(measure, start=start, limit=limit, target=target, rel_tol=rel_tol,

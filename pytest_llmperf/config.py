@@ -164,11 +164,10 @@ class LLMPerfConfig:
         values["backend"] = backend
         if not isinstance(slo, dict):
             raise UsageError("[tool.llmperf.slo] in pyproject.toml must be a table of limits")
-        merged = {**COMMON, **DEFAULTS[backend], **values, "slo": slo}
-        if isinstance(merged["session_cv"], SessionCV):  # the parsed option: a default and/or per-metric priors
-            given = merged["session_cv"]
-            merged["session_cv"] = given.default if given.default is not None else DEFAULTS[backend]["session_cv"]
-            merged["session_cv_metrics"] = given.per_metric
+        given = values.pop("session_cv", None)  # the parsed option: a default and/or per-metric priors
+        if given is not None and not isinstance(given, SessionCV):  # a plain number from a caller's dict
+            given = SessionCV(float(given), ())
+        merged = {**COMMON, **DEFAULTS[backend], **values, "slo": slo, **(given.settings() if given else {})}
         if merged["accept_regression"] and not merged["update_baselines"]:
             raise UsageError("--llmperf-accept-regression only makes sense with --llmperf-update-baselines")
         if merged["accept_regression"] and not merged["update_reason"]:

@@ -87,6 +87,12 @@ class SessionCV(NamedTuple):
     default: float | None
     per_metric: tuple[tuple[str, float], ...]
 
+    def settings(self) -> dict[str, Any]:
+        """What it sets in a config or gate settings: the per-metric priors (replacing any before), and the
+        every-metric prior where one was given (else the one already there stays)."""
+        return {"session_cv_metrics": self.per_metric,
+                **({"session_cv": self.default} if self.default is not None else {})}
+
 
 def parse_session_cv(text: str) -> SessionCV:
     """``0.05``, ``tpot_p50_ms=0.01,ttft_p95_ms=0.2`` or both (``0.05,tpot_p50_ms=0.01``): each a std of logs >= 0

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmperf.errors import UsageError
 from pytest_llmperf.gate.compare import checks_for_test, verdict_table
 from pytest_llmperf.gate.settings import GateSettings, config_for_backend
-from pytest_llmperf.report.json_io import read_json, results_from_document
+from pytest_llmperf.report.json_io import is_baseline_document, read_json, results_from_document
 from pytest_llmperf.stats.decision import decide_all
 from pytest_llmperf.storage.baselines import Baseline
 
@@ -34,7 +34,7 @@ def load_baselines(path: str | Path) -> tuple[dict[str, Baseline], dict[str, Any
     ``baseline update`` use (validated; older ``llmperf run --json`` documents converted), a results file."""
     p = Path(path)
     data = read_json(p)
-    if isinstance(data, dict) and "runs" in data and "test_id" in data and "tests" not in data:
+    if is_baseline_document(data):
         b = Baseline.from_dict(data, source=str(p))
         return {b.test_id: b}, b.fingerprint
     results = results_from_document(data, p)

@@ -365,8 +365,7 @@ def _find_max_rate(args: argparse.Namespace, target: Target, base: Any) -> int:
 
     def on_point(point: Any, run: Any) -> None:  # live: a search point can take minutes at a low rate
         counts.extend(_prompt_counts(run.records))
-        measured = {"load": point.load, "good": point.good, "total": point.total, "attainment": point.attainment}
-        print(f"  measured {point_text(measured, 'request_rate')} in {run.duration_s:.1f} s", file=sys.stderr,
+        print(f"  measured {point_text(point.to_dict(), 'request_rate')} in {run.duration_s:.1f} s", file=sys.stderr,
               flush=True)
 
     for k in range(args.repeats):

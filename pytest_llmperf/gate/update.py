@@ -134,8 +134,7 @@ def update_baselines(
         flags: dict[str, Any] = {k: v for k, v in (("tolerance", tolerance), ("family_alpha", family_alpha))
                                  if v is not None}
         if isinstance(session_cv, SessionCV):  # --session-cv F[,METRIC=F] replaces the recorded priors (as in pytest)
-            flags.update({"session_cv": session_cv.default} if session_cv.default is not None else {})
-            flags["session_cv_metrics"] = session_cv.per_metric
+            flags.update(session_cv.settings())
         elif session_cv is not None:
             flags["session_cv"] = float(session_cv)
         if flags or metrics:

@@ -92,6 +92,11 @@ class LoadPoint:
     def attainment(self) -> float:
         return self.good / self.total
 
+    def to_dict(self) -> dict[str, Any]:
+        """The point as results files keep it and :func:`point_text` words it."""
+        return {"load": self.load, "good": self.good, "total": self.total, "attainment": self.attainment,
+                "confident": self.confident, **dict(self.extra)}
+
 
 @dataclass(frozen=True)
 class SaturationResult:
@@ -125,8 +130,7 @@ class SaturationResult:
                 "max_load": self.max_load, "first_miss": self.first_miss, "attainment_at_max": self.attainment_at_max,
                 "attainment_ci_at_max": list(self.attainment_ci_at_max) if self.attainment_ci_at_max else None,
                 "confident": self.confident, "reason": self.reason,
-                "points": [{"load": p.load, "good": p.good, "total": p.total, "attainment": p.attainment,
-                            "confident": p.confident, **dict(p.extra)} for p in self.points]}
+                "points": [p.to_dict() for p in self.points]}
 
 
 def value_text(value: Any, variable: str) -> str:

@@ -12,6 +12,7 @@ and, unless tied, the LM head.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ def arch_facts(config: Mapping[str, Any]) -> ArchFacts:
     return ArchFacts(layers, h, inter, heads, kv, head_dim, vocab, params, active, experts)
 
 
+@functools.cache  # read once: collection asks it for every TP test
 def preset_arch(name: str) -> ArchFacts:
     """The facts of a preset by name (see :mod:`pytest_llmperf.models.presets`)."""
     from importlib import resources

@@ -26,6 +26,7 @@ __all__ = [
     "REQUIRED_TEST_KEYS",
     "REQUIRED_TOP_KEYS",
     "REQUIRED_VERDICT_KEYS",
+    "is_baseline_document",
     "load_results_any",
     "merge_results",
     "read_json",
@@ -284,6 +285,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise UsageError(f"{p}: cannot read: {exc}") from None
 
 
+def is_baseline_document(data: Any) -> bool:
+    """A baseline file's content (one test's ``test_id`` and ``runs``), not a session's results (``tests``)."""
+    return isinstance(data, dict) and "runs" in data and "test_id" in data and "tests" not in data
+
+
 def results_from_document(data: Any, path: str | os.PathLike[str] = "<results>") -> dict[str, Any]:
     """A validated results dict from a parsed session results file or any ``llmperf run --json`` document.
 
@@ -291,7 +297,7 @@ def results_from_document(data: Any, path: str | os.PathLike[str] = "<results>")
     :mod:`pytest_llmperf.commands.compare` reads those itself) or a schema error.
     """
     p = Path(path)
-    if isinstance(data, dict) and {"fingerprint", "runs", "provenance"} <= set(data) and "tests" not in data:
+    if is_baseline_document(data):
         raise UsageError(f"{p} is a baseline file, not a results file: give the results a session wrote "
                          f"(pytest --llmperf-results, llmperf run --json)")
     try:
